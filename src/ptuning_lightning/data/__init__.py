@@ -1,0 +1,1 @@
+"""One LightningDataModule per task, plus the shared reading and batching pieces."""

@@ -1,0 +1,115 @@
+"""One job of ptl-train / ptl-eval: for each relation, build the prompt, data, module and
+trainer from the config, train if the prompt has something to train, select on dev, score on
+test, export the prompt; then write ``results.json`` and print the table."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ptuning_lightning.backbones import Backbone
+from ptuning_lightning.data.lama import resolve_relations
+from ptuning_lightning.encoders import FixedPrompt, export_prompt, load_prompt
+from ptuning_lightning.module import PromptModule
+from ptuning_lightning.results import print_table, summarize, write_results
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]  # the repository: conf/ and data/ live there
+CONFIG_DIR = str(ROOT / "conf")
+OmegaConf.register_new_resolver("ptl_root", lambda: str(ROOT), replace=True)
+
+
+def run(cfg: DictConfig) -> float:
+    """Run every relation of ``task.relation``; returns the macro dev P@1 (for sweepers)."""
+    started = time.perf_counter()
+    relations = resolve_relations(cfg.task.relation, cfg.task.data_root)
+    backbone: Backbone = instantiate(cfg.backbone.load)
+    per_relation = {r: run_relation(for_relation(cfg, r), backbone) for r in relations}
+    results = summarize(cfg, per_relation, time.perf_counter() - started)
+    write_results(Path(cfg.paths.output_dir) / "results.json", results)
+    print_table(results)
+    return results["macro"]["dev_p1"]
+
+
+def for_relation(cfg: DictConfig, relation: str) -> DictConfig:
+    """The job's config with ``task.relation`` set to one relation (paths interpolate it)."""
+    single = cfg.copy()
+    single.task.relation = relation
+    return single
+
+
+def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
+    relation = cfg.task.relation
+    L.seed_everything(cfg.seed, workers=True)
+    encoder, template = build_prompt(cfg, backbone)
+    data = instantiate(
+        cfg.task, tokenizer=backbone.tokenizer, model_kind=backbone.kind, template=template
+    )
+    data.setup()
+    if encoder is None and data.template.n_prompt:
+        encoder = build_encoder(cfg.encoder, data.template.n_prompt, backbone)
+    trainable = encoder is not None and any(p.requires_grad for p in encoder.parameters())
+    module = PromptModule(
+        backbone, data.candidate_ids, encoder,
+        optimizer=instantiate(cfg.optimizer) if trainable else None,
+        scheduler=instantiate(cfg.scheduler) if trainable and cfg.get("scheduler") else None,
+        loss_over=cfg.prompt.get("loss_over", "vocab"),
+    )
+    trainer = build_trainer(cfg)
+    result = {"template": data.template_source, "filter": data.stats}
+    started = time.perf_counter()
+    if trainable:
+        trainer.fit(module, data)
+        result["dev_p1"] = float(trainer.checkpoint_callback.best_model_score)
+        result["epochs"] = trainer.current_epoch
+        result["train_seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
+        test = trainer.test(module, data, ckpt_path="best", verbose=False)
+        out = Path(cfg.paths.output_dir) / relation
+        with torch.no_grad():
+            export_prompt(out / "prompt.pt", module.eval().prompt(), template or "", backbone.name)
+    else:
+        result["dev_p1"] = trainer.validate(module, data, verbose=False)[0]["dev/P@1"]
+        test = trainer.test(module, data, verbose=False)
+    result["test_p1"] = test[0]["test/P@1"]
+    result["eval_seconds"] = time.perf_counter() - started
+    return result
+
+
+def build_prompt(cfg: DictConfig, backbone: Backbone) -> tuple[FixedPrompt | None, str | None]:
+    """An exported prompt (embeddings and template from its file), or just the configured
+    template (None: the task's manual one); trainable encoders are built once the template's
+    number of pseudo tokens is known."""
+    if cfg.prompt.name != "exported":
+        return None, cfg.prompt.template
+    path = Path(cfg.prompt.path)
+    if path.is_dir():
+        path = path / cfg.task.relation / "prompt.pt"
+    embeddings, template = load_prompt(path, backbone.name)
+    return FixedPrompt(embeddings), template
+
+
+def build_encoder(cfg: DictConfig, n_tokens: int, backbone: Backbone) -> torch.nn.Module:
+    """Instantiate ``encoder/*`` for ``n_tokens`` pseudo tokens of this backbone."""
+    options = OmegaConf.to_container(cfg, resolve=True)
+    words = options.pop("init_words", None)
+    vectors = None
+    if words:
+        vectors = backbone.word_vectors([words[i % len(words)] for i in range(n_tokens)])
+    weights = backbone.model.get_input_embeddings().weight
+    return instantiate(
+        options, n_tokens=n_tokens, embed_dim=backbone.hidden_size, init_vectors=vectors,
+        embedding_std=float(weights.float().std()),
+    )
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

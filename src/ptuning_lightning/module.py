@@ -1,0 +1,100 @@
+"""The LightningModule: a frozen backbone plus a prompt encoder, trained on the answer slot.
+
+Data flow of one step: token embeddings of the batch -> pseudo-token positions overwritten by
+the encoder's output (computed once per step) -> the frozen body -> the head at the answer
+position only -> cross-entropy of the gold object (training) or the argmax over the candidate
+words (P@1). Only the encoder's parameters are given to the optimizer and saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from ptuning_lightning.backbones import Backbone
+from ptuning_lightning.metrics import PrecisionAtOne
+from ptuning_lightning.templates import place_prompt
+
+LOSS_OVER = ("vocab", "candidates")
+
+
+class PromptModule(LightningModule):
+    def __init__(
+        self,
+        backbone: Backbone,
+        candidate_ids: torch.Tensor,
+        encoder: nn.Module | None = None,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        loss_over: str = "vocab",
+    ) -> None:
+        """``encoder=None`` is a prompt without pseudo tokens (a manual or discrete template);
+        ``loss_over`` is ``vocab`` (the paper: softmax over the whole vocabulary) or
+        ``candidates`` (softmax over the candidate words only)."""
+        super().__init__()
+        if loss_over not in LOSS_OVER:
+            raise ValueError(f"prompt.loss_over must be one of {LOSS_OVER}, got {loss_over!r}")
+        self.backbone, self.encoder = backbone, encoder
+        self.register_buffer("candidate_ids", candidate_ids, persistent=False)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.loss_over = loss_over
+        self.dev_p1, self.test_p1 = PrecisionAtOne(), PrecisionAtOne()
+        self.strict_loading = False  # checkpoints hold the trainable state only
+
+    def prompt(self) -> torch.Tensor:
+        """The continuous prompt (n_prompt, H), or an empty one for text-only templates."""
+        if self.encoder is None:
+            return torch.empty(0, self.backbone.hidden_size, device=self.device)
+        return self.encoder()
+
+    def scores(
+        self, batch: dict[str, torch.Tensor], prompt: torch.Tensor, candidates: bool
+    ) -> torch.Tensor:
+        """Logits at the answer slot: over candidate words, or over the whole vocabulary."""
+        embeds = place_prompt(
+            self.backbone.embed(batch["input_ids"]), batch["prompt_index"],
+            prompt.to(self.backbone.dtype),
+        )
+        return self.backbone.logits_at(
+            embeds, batch["attention_mask"], batch["answer_position"],
+            self.candidate_ids if candidates else None,
+        )
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        on_candidates = self.loss_over == "candidates"
+        logits = self.scores(batch, self.prompt(), candidates=on_candidates)
+        target = batch["target_index"] if on_candidates else batch["target_token"]
+        loss = F.cross_entropy(logits, target)
+        self.log("train/loss", loss, prog_bar=True, batch_size=target.numel())
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.dev_p1, "dev/P@1")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_p1, "test/P@1")
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], metric: PrecisionAtOne, name: str) -> None:
+        metric.update(self.scores(batch, self.prompt(), candidates=True), batch["target_index"])
+        self.log(name, metric, prog_bar=True, batch_size=batch["target_index"].numel())
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.optimizer_factory is None or not params:
+            raise RuntimeError("this prompt has nothing to train (use evaluation instead)")
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only trainable tensors: kilobytes, not the frozen backbone's gigabytes."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k in trainable
+        }

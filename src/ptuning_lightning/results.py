@@ -1,0 +1,61 @@
+"""The machine-readable result of a job (``results.json``) and its printed table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import lightning
+import torch
+import transformers
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+import ptuning_lightning
+
+
+def summarize(cfg: DictConfig, per_relation: dict[str, dict], seconds: float) -> dict:
+    """Per-relation metrics plus their macro average, the resolved config and versions."""
+    macro = {
+        key: sum(r[key] for r in per_relation.values()) / len(per_relation)
+        for key in ("dev_p1", "test_p1")
+    }
+    return {
+        "method": cfg.prompt.name,
+        "backbone": cfg.backbone.name,
+        "encoder": cfg.encoder._target_.rsplit(".", 1)[-1] if "encoder" in cfg else None,
+        "seed": cfg.seed,
+        "relations": per_relation,
+        "macro": macro,
+        "seconds": seconds,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": {
+            "ptuning_lightning": ptuning_lightning.__version__, "torch": torch.__version__,
+            "lightning": lightning.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def write_results(path: Path, results: dict) -> None:
+    """Write atomically: a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(results, indent=2))
+    os.replace(partial, path)
+
+
+def print_table(results: dict) -> None:
+    table = Table(title=f"{results['method']} on {results['backbone']} (P@1, %)")
+    for column in ("relation", "n test", "dev P@1", "test P@1"):
+        table.add_column(column, justify="left" if column == "relation" else "right")
+    for relation, r in results["relations"].items():
+        n = r["filter"]["test"]["kept"]
+        table.add_row(relation, str(n), f"{100 * r['dev_p1']:.1f}", f"{100 * r['test_p1']:.1f}")
+    macro = results["macro"]
+    table.add_row("macro", "", f"{100 * macro['dev_p1']:.1f}", f"{100 * macro['test_p1']:.1f}",
+                  style="bold")
+    Console().print(table)

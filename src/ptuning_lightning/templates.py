@@ -1,0 +1,236 @@
+"""One template representation for manual, discrete and continuous prompts.
+
+A template is text with bracketed parts:
+
+- ``[X]`` (or any ``[name]`` listed as an input slot): the input, filled per example;
+- ``[Y]``: the answer slot — a mask token for masked LMs, the next-token readout for causal LMs;
+- ``[P]`` / ``[P*3]``: one / three trainable pseudo tokens, allowed anywhere;
+- everything else: literal text (anchor tokens).
+
+Example: the paper's (3, 3, 3) LAMA shape is ``"[P*3] [X] [P*3] [Y] [P*3]"``. For a causal LM
+the answer is read from the position before ``[Y]``, so everything after ``[Y]`` is dropped
+(as in the reference implementation).
+
+Whitespace in front of a part decides whether its tokens carry a leading space ("was born in
+Paris" tokenizes " Paris"), which matters for byte-level BPE tokenizers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+ANSWER = "Y"
+_PART = re.compile(r"\[([^\[\]]+)\]")
+_PSEUDO = re.compile(r"P(?:\*(\d+))?")
+
+
+class TemplateError(ValueError):
+    """A template that cannot be used: names the template and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One piece of a template: ``text``, ``slot`` (input), ``answer`` or ``prompt``."""
+
+    kind: str
+    value: str = ""  # the text, or the slot's name
+    count: int = 0  # pseudo tokens in a prompt block
+    space: bool = False  # whitespace precedes this part in the template
+
+
+@dataclass(frozen=True)
+class Template:
+    source: str
+    parts: tuple[Part, ...]
+    slots: tuple[str, ...] = ("X",)
+
+    @classmethod
+    def parse(cls, source: str, slots: tuple[str, ...] | list[str] = ("X",)) -> Template:
+        """Parse ``source``; every slot in ``slots`` and exactly one ``[Y]`` must appear."""
+        slots = tuple(slots)
+        parts: list[Part] = []
+        pos = 0
+        for match in _PART.finditer(source):
+            space = _add_text(parts, source[pos : match.start()])
+            name = match.group(1).strip()
+            pseudo = _PSEUDO.fullmatch(name)
+            if name == ANSWER:
+                parts.append(Part("answer", space=space))
+            elif pseudo:
+                count = int(pseudo.group(1) or 1)
+                if count < 1:
+                    raise TemplateError(f"template {source!r}: [{name}] needs at least one token")
+                parts.append(Part("prompt", count=count, space=space))
+            elif name in slots:
+                parts.append(Part("slot", value=name, space=space))
+            else:
+                known = ", ".join(f"[{s}]" for s in (*slots, ANSWER, "P", "P*n"))
+                raise TemplateError(f"template {source!r}: unknown part [{name}]; known: {known}")
+            pos = match.end()
+        _add_text(parts, source[pos:])
+        kinds = [p.kind for p in parts]
+        if kinds.count("answer") != 1:
+            raise TemplateError(f"template {source!r} needs exactly one answer slot [{ANSWER}]")
+        for slot in slots:
+            if not any(p.kind == "slot" and p.value == slot for p in parts):
+                raise TemplateError(f"template {source!r} has no input slot [{slot}]")
+        return cls(source, tuple(parts), slots)
+
+    @property
+    def n_prompt(self) -> int:
+        """Number of pseudo tokens (the size of the continuous prompt)."""
+        return sum(p.count for p in self.parts if p.kind == "prompt")
+
+    @property
+    def answer_space(self) -> bool:
+        """Whether the answer word follows whitespace (it then tokenizes with a leading space)."""
+        return next(p.space for p in self.parts if p.kind == "answer")
+
+    def for_causal(self) -> Template:
+        """The template a causal LM sees: the answer is the next token, so nothing follows it."""
+        end = next(i for i, p in enumerate(self.parts) if p.kind == "answer")
+        if not any(p.kind != "text" or p.value.strip() for p in self.parts[:end]):
+            raise TemplateError(f"template {self.source!r}: a causal LM needs context before [Y]")
+        return Template(self.source, self.parts[: end + 1], self.slots)
+
+
+def _add_text(parts: list[Part], text: str) -> bool:
+    """Append literal text; returns whether the next part follows whitespace."""
+    stripped = text.strip()
+    leading = text[:1].isspace() and bool(parts)
+    if stripped:
+        parts.append(Part("text", value=stripped, space=leading))
+        return text[-1:].isspace()
+    return leading or text[-1:].isspace()
+
+
+@dataclass
+class Encoded:
+    """A tokenized example: ids with placeholders at pseudo tokens, and where things are."""
+
+    input_ids: list[int]
+    prompt_index: list[int]  # k at the k-th pseudo token, -1 elsewhere
+    answer_position: int  # where the answer is read out
+    truncated: bool = False
+
+
+@dataclass
+class TemplateTokenizer:
+    """Binds a template to a tokenizer and a model kind (``causal`` or ``masked``)."""
+
+    template: Template
+    tokenizer: object
+    kind: str
+    max_length: int = 512
+    _pieces: dict[int, list[int]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("causal", "masked"):
+            raise ValueError(f"model kind must be 'causal' or 'masked', got {self.kind!r}")
+        if self.kind == "causal":
+            self.template = self.template.for_causal()
+        elif self.tokenizer.mask_token_id is None:
+            raise TemplateError("a masked LM needs a tokenizer with a mask token")
+        self._prefix, self._suffix = _special_tokens(self.tokenizer)
+        if self.kind == "causal":  # the readout is the last token: nothing may follow it
+            self._suffix = []
+        self._placeholder = self.tokenizer.pad_token_id or 0
+        for i, part in enumerate(self.template.parts):
+            if part.kind == "text":
+                self._pieces[i] = self._tokens(part.value, part.space)
+
+    def _tokens(self, text: str, space: bool) -> list[int]:
+        return self.tokenizer(" " + text if space else text, add_special_tokens=False)["input_ids"]
+
+    def answer_ids(self, word: str) -> list[int]:
+        """Token ids of ``word`` as it appears in the answer slot."""
+        return self._tokens(word, self.template.answer_space)
+
+    @property
+    def fixed_length(self) -> int:
+        """Tokens the template itself takes (everything except the input slots)."""
+        parts = self.template.parts
+        n = len(self._prefix) + len(self._suffix) + sum(len(t) for t in self._pieces.values())
+        n += sum(p.count for p in parts if p.kind == "prompt")
+        return n + (1 if self.kind == "masked" else 0)
+
+    def encode(self, inputs: dict[str, str]) -> Encoded:
+        """Place ``inputs`` into the template; over-long inputs are cut inside their slots only."""
+        slot_ids = {s: self._tokens(inputs[s], _slot_space(self.template, s)) for s in inputs}
+        truncated = _truncate(slot_ids, self.max_length - self.fixed_length, self.template)
+        ids: list[int] = list(self._prefix)
+        prompt_index: list[int] = [-1] * len(ids)
+        answer = -1
+        k = 0
+        for i, part in enumerate(self.template.parts):
+            if part.kind == "text":
+                new = self._pieces[i]
+            elif part.kind == "slot":
+                new = slot_ids[part.value]
+            elif part.kind == "prompt":
+                ids.extend([self._placeholder] * part.count)
+                prompt_index.extend(range(k, k + part.count))
+                k += part.count
+                continue
+            elif self.kind == "masked":
+                answer = len(ids)
+                new = [self.tokenizer.mask_token_id]
+            else:
+                answer = len(ids) - 1
+                break
+            ids.extend(new)
+            prompt_index.extend([-1] * len(new))
+        ids.extend(self._suffix)
+        prompt_index.extend([-1] * len(self._suffix))
+        return Encoded(ids, prompt_index, answer, truncated)
+
+
+def _slot_space(template: Template, slot: str) -> bool:
+    return next(p.space for p in template.parts if p.kind == "slot" and p.value == slot)
+
+
+def _truncate(slot_ids: dict[str, list[int]], budget: int, template: Template) -> bool:
+    """Shorten the longest slot first until all slots fit ``budget`` tokens (in place)."""
+    if sum(map(len, slot_ids.values())) <= budget:
+        return False
+    if budget < len(slot_ids):
+        raise TemplateError(
+            f"template {template.source!r} leaves {budget} tokens for its inputs under the "
+            "max_length limit; raise max_length or shorten the template"
+        )
+    while sum(map(len, slot_ids.values())) > budget:
+        longest = max(slot_ids, key=lambda s: len(slot_ids[s]))
+        slot_ids[longest] = slot_ids[longest][:-1]
+    return True
+
+
+def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens a tokenizer puts before and after a text (e.g. [CLS] ... [SEP])."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    return [], []
+
+
+def place_prompt(
+    token_embeds: torch.Tensor, prompt_index: torch.Tensor, prompt: torch.Tensor
+) -> torch.Tensor:
+    """Write pseudo-token embeddings into the token embeddings in one vectorised operation.
+
+    ``token_embeds`` (B, T, H); ``prompt_index`` (B, T) with -1 at ordinary tokens; ``prompt``
+    (n_prompt, H), or (B, n_prompt, H) when examples use different prompts.
+    """
+    if prompt.numel() == 0:
+        return token_embeds
+    index = prompt_index.clamp(min=0)
+    if prompt.dim() == 3:
+        gathered = prompt.gather(1, index.unsqueeze(-1).expand(-1, -1, prompt.size(-1)))
+    else:
+        gathered = prompt[index]
+    is_prompt = (prompt_index >= 0).unsqueeze(-1)
+    return torch.where(is_prompt, gathered.to(token_embeds.dtype), token_embeds)

@@ -1,0 +1,17 @@
+"""ptl-train: P-Tuning (or a manual/discrete baseline) on every relation of the task."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from ptuning_lightning.experiment import CONFIG_DIR, run
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
