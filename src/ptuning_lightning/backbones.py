@@ -96,7 +96,9 @@ def load_pretrained(
     location = path or name
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     model, info = AUTO_CLASSES[kind].from_pretrained(
-        location, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+        location,
+        dtype=DTYPES[dtype],
+        trust_remote_code=trust_remote_code,
         output_loading_info=True,
     )
     _check_head_loaded(model, info, name)
@@ -187,19 +189,34 @@ def build_tiny(
     from ptuning_lightning.tiny_tokenizer import train_tokenizer
 
     if tokenizer is None:
-        texts = [" ".join(map(str, row.values())) for f in sorted(Path(corpus).rglob("*.jsonl"))
-                 for row in read_jsonl(f)]
+        texts = [
+            " ".join(map(str, row.values()))
+            for f in sorted(Path(corpus).rglob("*.jsonl"))
+            for row in read_jsonl(f)
+        ]
         tokenizer = train_tokenizer(texts, kind, vocab_size)
     torch.manual_seed(seed)
     vocab = len(tokenizer)
     if kind == "causal":
         eos = tokenizer.eos_token_id
-        config = GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads,
-                            n_positions=512, bos_token_id=eos, eos_token_id=eos)
+        config = GPT2Config(
+            vocab_size=vocab,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=heads,
+            n_positions=512,
+            bos_token_id=eos,
+            eos_token_id=eos,
+        )
         model = GPT2LMHeadModel(config)
     else:
-        config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                            num_attention_heads=heads, intermediate_size=4 * hidden,
-                            max_position_embeddings=512)
+        config = BertConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * hidden,
+            max_position_embeddings=512,
+        )
         model = BertForMaskedLM(config)
     return Backbone(model, tokenizer, kind, name)

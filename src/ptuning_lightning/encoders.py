@@ -45,13 +45,21 @@ class LSTMPromptEncoder(PromptEncoder):
     """The paper's encoder: embedding -> 2-layer bi-LSTM (hidden/2 per direction) -> MLP."""
 
     def __init__(
-        self, n_tokens: int, embed_dim: int, hidden_size: int | None = None, dropout: float = 0.0,
+        self,
+        n_tokens: int,
+        embed_dim: int,
+        hidden_size: int | None = None,
+        dropout: float = 0.0,
         **init,
     ) -> None:
         super().__init__(n_tokens, embed_dim, **init)
         hidden = hidden_size or embed_dim
         self.lstm = nn.LSTM(
-            embed_dim, hidden // 2, num_layers=2, dropout=dropout, bidirectional=True,
+            embed_dim,
+            hidden // 2,
+            num_layers=2,
+            dropout=dropout,
+            bidirectional=True,
             batch_first=True,
         )
         self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, embed_dim))
@@ -65,13 +73,20 @@ class MLPPromptEncoder(PromptEncoder):
     """Embedding -> Linear-ReLU-Linear."""
 
     def __init__(
-        self, n_tokens: int, embed_dim: int, hidden_size: int | None = None, dropout: float = 0.0,
+        self,
+        n_tokens: int,
+        embed_dim: int,
+        hidden_size: int | None = None,
+        dropout: float = 0.0,
         **init,
     ) -> None:
         super().__init__(n_tokens, embed_dim, **init)
         hidden = hidden_size or embed_dim
         self.mlp = nn.Sequential(
-            nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, embed_dim)
+            nn.Linear(embed_dim, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, embed_dim),
         )
 
     def forward(self) -> torch.Tensor:
@@ -91,8 +106,11 @@ class FixedPrompt(nn.Module):
 
 def export_prompt(path: str | Path, embeddings: torch.Tensor, template: str, backbone: str) -> None:
     """Save the final prompt embeddings with what is needed to use them again."""
-    payload = {"embeddings": embeddings.detach().float().cpu(), "template": template,
-               "backbone": backbone}
+    payload = {
+        "embeddings": embeddings.detach().float().cpu(),
+        "template": template,
+        "backbone": backbone,
+    }
     torch.save(payload, path)
 
 

@@ -56,7 +56,9 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
         encoder = build_encoder(cfg.encoder, data.template.n_prompt, backbone)
     trainable = encoder is not None and any(p.requires_grad for p in encoder.parameters())
     module = PromptModule(
-        backbone, data.candidate_ids, encoder,
+        backbone,
+        data.candidate_ids,
+        encoder,
         optimizer=instantiate(cfg.optimizer) if trainable else None,
         scheduler=instantiate(cfg.scheduler) if trainable and cfg.get("scheduler") else None,
         loss_over=cfg.prompt.get("loss_over", "vocab"),
@@ -104,7 +106,10 @@ def build_encoder(cfg: DictConfig, n_tokens: int, backbone: Backbone) -> torch.n
         vectors = backbone.word_vectors([words[i % len(words)] for i in range(n_tokens)])
     weights = backbone.model.get_input_embeddings().weight
     return instantiate(
-        options, n_tokens=n_tokens, embed_dim=backbone.hidden_size, init_vectors=vectors,
+        options,
+        n_tokens=n_tokens,
+        embed_dim=backbone.hidden_size,
+        init_vectors=vectors,
         embedding_std=float(weights.float().std()),
     )
 

@@ -56,11 +56,14 @@ class PromptModule(LightningModule):
     ) -> torch.Tensor:
         """Logits at the answer slot: over candidate words, or over the whole vocabulary."""
         embeds = place_prompt(
-            self.backbone.embed(batch["input_ids"]), batch["prompt_index"],
+            self.backbone.embed(batch["input_ids"]),
+            batch["prompt_index"],
             prompt.to(self.backbone.dtype),
         )
         return self.backbone.logits_at(
-            embeds, batch["attention_mask"], batch["answer_position"],
+            embeds,
+            batch["attention_mask"],
+            batch["answer_position"],
             self.candidate_ids if candidates else None,
         )
 
@@ -90,7 +93,10 @@ class PromptModule(LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only trainable tensors: kilobytes, not the frozen backbone's gigabytes."""

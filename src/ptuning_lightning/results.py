@@ -33,8 +33,10 @@ def summarize(cfg: DictConfig, per_relation: dict[str, dict], seconds: float) ->
         "seconds": seconds,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": {
-            "ptuning_lightning": ptuning_lightning.__version__, "torch": torch.__version__,
-            "lightning": lightning.__version__, "transformers": transformers.__version__,
+            "ptuning_lightning": ptuning_lightning.__version__,
+            "torch": torch.__version__,
+            "lightning": lightning.__version__,
+            "transformers": transformers.__version__,
             "python": platform.python_version(),
         },
     }
@@ -56,6 +58,7 @@ def print_table(results: dict) -> None:
         n = r["filter"]["test"]["kept"]
         table.add_row(relation, str(n), f"{100 * r['dev_p1']:.1f}", f"{100 * r['test_p1']:.1f}")
     macro = results["macro"]
-    table.add_row("macro", "", f"{100 * macro['dev_p1']:.1f}", f"{100 * macro['test_p1']:.1f}",
-                  style="bold")
+    table.add_row(
+        "macro", "", f"{100 * macro['dev_p1']:.1f}", f"{100 * macro['test_p1']:.1f}", style="bold"
+    )
     Console().print(table)

@@ -49,8 +49,10 @@ class Template:
 
     @classmethod
     def parse(cls, source: str, slots: tuple[str, ...] | list[str] = ("X",)) -> Template:
-        """Parse ``source``; every slot in ``slots`` and exactly one ``[Y]`` must appear."""
+        """Parse ``source``; every slot in ``slots`` and exactly one ``[Y]`` must appear.
+        Whitespace around the whole template carries no meaning and is ignored."""
         slots = tuple(slots)
+        source = source.strip()
         parts: list[Part] = []
         pos = 0
         for match in _PART.finditer(source):

@@ -89,8 +89,9 @@ class LamaDataModule(LightningDataModule):
         self.data_root = Path(data_root)
         self.relation = resolve_relations(relation, data_root)[0]
         self.template_source = template or manual_templates(str(data_root))[self.relation]
-        self.template = Template.parse(self.template_source)
-        self.encoder = TemplateTokenizer(self.template, tokenizer, model_kind, max_length)
+        template = Template.parse(self.template_source)
+        self.encoder = TemplateTokenizer(template, tokenizer, model_kind, max_length)
+        self.template = self.encoder.template  # as the model sees it (causal: nothing after [Y])
         self.vocab, self.vocab_key = vocab, vocab_key
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.seed = num_workers, seed
@@ -126,20 +127,31 @@ class LamaDataModule(LightningDataModule):
             if len(answer) != 1 or answer[0] not in candidates:
                 continue
             encoded = self.encoder.encode({"X": fact["sub"]})
-            examples.append({
-                "input_ids": encoded.input_ids, "prompt_index": encoded.prompt_index,
-                "answer_position": encoded.answer_position, "target_token": answer[0],
-                "target_index": candidates[answer[0]], "index": len(examples),
-                "sub": fact["sub"], "obj": fact["obj"],
-            })
+            examples.append(
+                {
+                    "input_ids": encoded.input_ids,
+                    "prompt_index": encoded.prompt_index,
+                    "answer_position": encoded.answer_position,
+                    "target_token": answer[0],
+                    "target_index": candidates[answer[0]],
+                    "index": len(examples),
+                    "sub": fact["sub"],
+                    "obj": fact["obj"],
+                }
+            )
         self.stats[split] = {
-            "facts": len(facts), "dropped_not_in_vocab": len(facts) - len(in_vocab),
-            "dropped_multi_token": len(in_vocab) - len(examples), "kept": len(examples),
+            "facts": len(facts),
+            "dropped_not_in_vocab": len(facts) - len(in_vocab),
+            "dropped_multi_token": len(in_vocab) - len(examples),
+            "kept": len(examples),
         }
         log.info("%s %s: %s", self.relation, split, self.stats[split])
         if not examples:
-            reason = (f"the {self.vocab} vocabulary filter" if not in_vocab
-                      else "the single-token filter (objects must be one token of the backbone)")
+            reason = (
+                f"the {self.vocab} vocabulary filter"
+                if not in_vocab
+                else "the single-token filter (objects must be one token of the backbone)"
+            )
             raise DataError(f"{path}: no facts left after {reason}; stats {self.stats[split]}")
         return examples
 

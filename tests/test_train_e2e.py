@@ -1,0 +1,166 @@
+"""End to end through the Hydra configs: ptl-train on one LAMA relation, ptl-eval of the exported
+prompt, and resuming an interrupted run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from ptuning_lightning.encoders import LSTMPromptEncoder
+from ptuning_lightning.experiment import ROOT, build_encoder, build_trainer, run
+from ptuning_lightning.module import PromptModule
+
+LAMA = ROOT / "data" / "lama"
+RELATION = "P1376"
+PAPER = "[P*3] [X] [P*3] [Y] [P*3]"
+SEEN_PSEUDO_TOKENS = {"tiny-gpt2": 6, "tiny-bert": 9}  # causal LMs drop the [P*3] after [Y]
+
+
+# A short word list for P1376: with 12 candidates even a random tiny model scores well above
+# zero, so comparing the P@1 of training and evaluation runs is not comparing zeros.
+FEW_WORDS = ["Japan", "Taiwan", "Santiago", "England", "Victoria", "Alabama", "Greece", "Georgia",
+             "Indonesia", "Serbia", "Punjab", "Venezuela"]
+
+LEARN = ("optimizer.lr=0.01", "prompt.loss_over=candidates")  # learn something in one epoch
+
+
+def train(compose_cfg, out: Path, backbone: str, prompt: str, *overrides: str) -> dict:
+    """ptl-train for one epoch on P1376; returns its results.json."""
+    run(compose_cfg("train", out, [f"backbone={backbone}", f"prompt={prompt}",
+                                   f"task.relation={RELATION}", "trainer.max_epochs=1",
+                                   *overrides]))
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def few_words_lama(tmp_path_factory) -> Path:
+    """The bundled LAMA data with the 29k word list replaced by FEW_WORDS."""
+    root = tmp_path_factory.mktemp("lama")
+    (root / "trex").mkdir()
+    (root / "trex" / RELATION).symlink_to(LAMA / "trex" / RELATION)
+    (root / "relations.jsonl").symlink_to(LAMA / "relations.jsonl")
+    (root / "vocab").mkdir()
+    lists = {"bert-base-cased": FEW_WORDS, "gpt2-xl": ["Ġ" + w for w in FEW_WORDS]}
+    (root / "vocab" / "29k-vocab.json").write_text(json.dumps(lists))
+    return root
+
+
+@pytest.fixture(scope="module", params=["tiny-gpt2", "tiny-bert"])
+def ptuning_run(request, tmp_path_factory, compose_cfg, few_words_lama):
+    """One P-Tuning run per tiny backbone, then ptl-eval of the prompt it exported."""
+    out, data = tmp_path_factory.mktemp(request.param), f"task.data_root={few_words_lama}"
+    results = train(compose_cfg, out / "train", request.param, "ptuning", data, *LEARN)
+    overrides = [f"backbone={request.param}", "prompt=exported", f"prompt.path={out / 'train'}",
+                 f"task.relation={RELATION}", data]
+    run(compose_cfg("eval", out / "eval", overrides))
+    evaluated = json.loads((out / "eval" / "results.json").read_text())
+    return request.param, out, results, evaluated
+
+
+def assert_scores(result: dict) -> None:
+    """P@1 values are shares, and the filter counts of every split add up."""
+    assert 0.0 <= result["dev_p1"] <= 1.0
+    assert 0.0 <= result["test_p1"] <= 1.0
+    assert set(result["filter"]) == {"train", "dev", "test"}
+    for counts in result["filter"].values():
+        dropped = counts["dropped_not_in_vocab"] + counts["dropped_multi_token"]
+        assert counts["facts"] == dropped + counts["kept"] and counts["kept"] > 0
+
+
+def test_train_writes_results(ptuning_run):
+    """results.json holds per-relation P@1, filter counts and the macro average."""
+    name, _, results, _ = ptuning_run
+    assert (results["method"], results["backbone"]) == ("ptuning", name)
+    assert results["encoder"] == "LSTMPromptEncoder"
+    relation = results["relations"][RELATION]
+    assert_scores(relation)
+    assert relation["template"] == PAPER
+    assert relation["epochs"] == 1
+    assert relation["filter"]["train"]["facts"] == 248  # every line of train.jsonl is read
+    assert [relation["filter"][s]["kept"] for s in ("train", "dev", "test")] == [20, 7, 20]
+    assert results["macro"] == {"dev_p1": relation["dev_p1"], "test_p1": relation["test_p1"]}
+
+
+def test_exported_prompt_is_the_best_checkpoint(ptuning_run):
+    """prompt.pt holds the encoder output of the dev-selected checkpoint, one row per pseudo
+    token the backbone sees, tagged with its template and backbone."""
+    name, out, _, _ = ptuning_run
+    exported = torch.load(out / "train" / RELATION / "prompt.pt", weights_only=True)
+    assert (exported["template"], exported["backbone"]) == (PAPER, name)
+    checkpoint = out / "train" / RELATION / "checkpoints" / "best.ckpt"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    encoder = LSTMPromptEncoder(SEEN_PSEUDO_TOKENS[name], 64)  # encoder=lstm on hidden size 64
+    encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items()})
+    with torch.no_grad():
+        assert torch.allclose(exported["embeddings"], encoder(), rtol=0, atol=1e-6)
+
+
+def test_eval_of_exported_prompt_reproduces_training_scores(ptuning_run):
+    """ptl-eval prompt=exported gives exactly the dev and test P@1 the training run reported."""
+    _, _, results, evaluated = ptuning_run
+    trained, again = results["relations"][RELATION], evaluated["relations"][RELATION]
+    assert evaluated["method"] == "exported"
+    assert again["template"] == PAPER  # read from prompt.pt
+    assert again["test_p1"] == trained["test_p1"] > 0
+    assert again["dev_p1"] == trained["dev_p1"] > 0
+    assert again["filter"] == trained["filter"]
+
+
+def test_checkpoints_hold_kilobytes(ptuning_run):
+    """Checkpoints hold the prompt encoder only, never the frozen backbone."""
+    _, out, _, _ = ptuning_run
+    checkpoints = sorted((out / "train" / RELATION / "checkpoints").glob("*.ckpt"))
+    assert [p.name for p in checkpoints] == ["best.ckpt", "last.ckpt"]
+    assert all(p.stat().st_size < 1_000_000 for p in checkpoints)
+
+
+@pytest.mark.parametrize("backbone", ["tiny-gpt2", "tiny-bert"])
+def test_manual_prompt_is_evaluated_not_trained(tmp_path, compose_cfg, backbone):
+    """A template without pseudo tokens is scored as is: no training, nothing exported."""
+    results = train(compose_cfg, tmp_path, backbone, "manual")
+    relation = results["relations"][RELATION]
+    assert results["method"] == "manual"
+    assert relation["template"] == "[X] is the capital of [Y] ."  # relations.jsonl
+    assert "epochs" not in relation
+    assert_scores(relation)
+    assert not (tmp_path / RELATION / "prompt.pt").exists()
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+# --- resume ------------------------------------------------------------------------------
+
+
+def fit(compose_cfg, out: Path, epochs: int, backbone, resume: Path | None = None) -> dict:
+    """What ptl-train does for one relation, plus ``Trainer.fit(ckpt_path=resume)``; returns the
+    final encoder weights. A large learning rate makes every step count."""
+    cfg = compose_cfg("train", out, [
+        "backbone=tiny-gpt2", f"task.relation={RELATION}", f"trainer.max_epochs={epochs}",
+        "optimizer.lr=0.01", "task.batch_size=16",
+    ])
+    data = instantiate(cfg.task, tokenizer=backbone.tokenizer, model_kind=backbone.kind,
+                       template=cfg.prompt.template)
+    data.setup()
+    torch.manual_seed(cfg.seed)
+    encoder = build_encoder(cfg.encoder, data.template.n_prompt, backbone)
+    module = PromptModule(backbone, data.candidate_ids, encoder, instantiate(cfg.optimizer),
+                          instantiate(cfg.scheduler))
+    build_trainer(cfg).fit(module, data, ckpt_path=resume)
+    return {k: v.clone() for k, v in encoder.state_dict().items()}
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path, compose_cfg, gpt2):
+    """Stopping after epoch 1 and resuming from last.ckpt ends with the same prompt encoder as
+    training two epochs in one go (same data order, optimizer and scheduler state)."""
+    straight = fit(compose_cfg, tmp_path / "straight", 2, gpt2)
+    first = fit(compose_cfg, tmp_path / "resumed", 1, gpt2)
+    last = tmp_path / "resumed" / RELATION / "checkpoints" / "last.ckpt"
+    resumed = fit(compose_cfg, tmp_path / "resumed", 2, gpt2, resume=last)
+    assert straight.keys() == resumed.keys()
+    for key, value in straight.items():
+        assert torch.allclose(resumed[key], value, rtol=1e-6, atol=1e-7), key
+    # the second epoch moved the weights, so the comparison above is not vacuous
+    assert not torch.allclose(first["embedding.weight"], straight["embedding.weight"], atol=1e-4)
