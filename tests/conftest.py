@@ -19,7 +19,10 @@ LAMA = ROOT / "data" / "lama"
 torch.set_num_threads(1)
 
 # Keeps test runs quiet: no experiment logger, progress bar or model summary.
-QUIET = ["logger=none", "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false"]
+QUIET = [
+    "logger=none", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false",
+    "+trainer.enable_model_summary=false",
+]
 
 
 def tiny_backbone(name: str, kind: str) -> Backbone:
@@ -49,10 +52,9 @@ def compose_config(config_name: str, output_dir: Path, overrides: list[str]) -> 
     """``conf/<config_name>.yaml`` with ``overrides``, writing into ``output_dir``.
 
     ``paths.output_dir`` normally comes from Hydra's runtime, which tests do not start."""
-    quiet = [*QUIET, "~callbacks.progress_bar"] if config_name == "train" else QUIET
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name=config_name,
-                       overrides=[f"paths.output_dir={output_dir}", *quiet, *overrides])
+                       overrides=[f"paths.output_dir={output_dir}", *QUIET, *overrides])
 
 
 @pytest.fixture(scope="session")

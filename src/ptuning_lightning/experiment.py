@@ -5,12 +5,14 @@ test, export the prompt; then write ``results.json`` and print the table."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ptuning_lightning.backbones import Backbone
@@ -23,6 +25,8 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]  # the repository: conf/ and data/ live there
 CONFIG_DIR = str(ROOT / "conf")
 OmegaConf.register_new_resolver("ptl_root", lambda: str(ROOT), replace=True)
+# ${ptl_unset:VAR}: true when the environment variable is unset or empty (wandb offline mode)
+OmegaConf.register_new_resolver("ptl_unset", lambda name: not os.environ.get(name), replace=True)
 
 
 def run(cfg: DictConfig) -> float:
@@ -64,6 +68,8 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
         loss_over=cfg.prompt.get("loss_over", "vocab"),
     )
     trainer = build_trainer(cfg)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     result = {"template": data.template_source, "filter": data.stats}
     started = time.perf_counter()
     if trainable:
@@ -81,6 +87,9 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
         test = trainer.test(module, data, verbose=False)
     result["test_p1"] = test[0]["test/P@1"]
     result["eval_seconds"] = time.perf_counter() - started
+    for logger in trainer.loggers:  # one wandb run per relation: close it before the next
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
     return result
 
 

@@ -78,12 +78,17 @@ class PromptModule(LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.dev_p1, "dev/P@1")
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_p1, "test/P@1")
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Returns the candidate scores (B, C), for callbacks (``callbacks.PredictionTable``)."""
+        return self._evaluate(batch, self.test_p1, "test/P@1")
 
-    def _evaluate(self, batch: dict[str, torch.Tensor], metric: PrecisionAtOne, name: str) -> None:
-        metric.update(self.scores(batch, self.prompt(), candidates=True), batch["target_index"])
+    def _evaluate(
+        self, batch: dict[str, torch.Tensor], metric: PrecisionAtOne, name: str
+    ) -> torch.Tensor:
+        scores = self.scores(batch, self.prompt(), candidates=True)
+        metric.update(scores, batch["target_index"])
         self.log(name, metric, prog_bar=True, batch_size=batch["target_index"].numel())
+        return scores
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -1,61 +1,438 @@
-"""ptl-report: gather ``results.json`` of finished runs into the paper's comparison table.
+"""ptl-report: gather the ``results.json`` of run and sweep folders into the paper's tables.
 
-Rows are backbone x method; columns are test P@1 per relation and the macro average over the
-relations. Runs of several seeds are averaged per cell.
+Table 1: macro test P@1 per backbone x method (x encoder when P-Tuning runs use several),
+mean ± std over seeds. Table 2: test P@1 per relation, mean over seeds. Missing and failed
+jobs are listed, never averaged away, and rows that cover different relations are flagged.
+The same functions serve ``notebooks/analysis.ipynb``.
+
+Outputs (in ``--out``, default ``<first DIR>/report``) are byte-identical from run to run:
+sorted rows, fixed float formats, no timestamps.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
-from collections import defaultdict
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
+
+import yaml
+from matplotlib.figure import Figure
+
+REPORT_MD = "report.md"
+MACRO_CSV = "table1_macro.csv"
+RELATIONS_CSV = "table2_relations.csv"
+RELATIONS_PNG = "per_relation.png"
+ENCODERS_PNG = "encoders.png"
+# Encoder class name (results.json "encoder") -> its conf/encoder/ name.
+ENCODER_NAMES = {"LSTMPromptEncoder": "lstm", "MLPPromptEncoder": "mlp", "PromptEncoder": "none"}
+# PNG metadata: matplotlib's version string would differ between installs; PNGs carry no date.
+PNG_METADATA = {"Software": None}
 
 
-def load_runs(dirs: list[str | Path]) -> list[dict]:
-    """Every ``results.json`` found under the given run or sweep folders."""
-    runs = []
+# --- loading ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A job that has no usable result: it must show up in the report, not vanish from it."""
+
+    path: str
+    status: str  # "failed" (results.json says so) or "missing" (a job folder without one)
+    what: str  # backbone / method / seed, or the job's Hydra overrides
+    error: str
+
+
+def load_runs(dirs: list[str | Path]) -> tuple[list[dict], list[Problem]]:
+    """The successful runs under the given run or sweep folders, and every failed or missing job.
+
+    A job folder is one with ``.hydra/`` (Hydra writes it first); without ``results.json`` the job
+    is missing (crashed, killed or still running). Each run gets its folder as ``"path"``."""
+    runs, problems = [], []
     for folder in map(Path, dirs):
         if not folder.exists():
             raise FileNotFoundError(f"no such run folder: {folder}")
-        runs += [json.loads(p.read_text()) for p in sorted(folder.rglob("results.json"))]
-    return runs
+        for path in sorted(folder.rglob("results.json")):
+            run, problem = read_result(path)
+            runs += [run] if run else []
+            problems += [problem] if problem else []
+        for job in sorted(p.parent for p in folder.rglob(".hydra") if p.is_dir()):
+            if not (job / "results.json").exists():
+                problems.append(Problem(str(job), "missing", overrides(job), "no results.json"))
+    return runs, sorted(problems, key=lambda p: natural(p.path))
 
 
-def comparison(runs: list[dict]) -> tuple[list[str], dict[tuple[str, str], dict[str, float]]]:
-    """(relations, {(backbone, method): {relation: test P@1, "macro": ...}}), seeds averaged."""
-    cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        for relation, r in run["relations"].items():
-            cells[run["backbone"], run["method"]][relation].append(r["test_p1"])
-    relations = sorted({rel for row in cells.values() for rel in row})
-    table = {}
-    for key, row in sorted(cells.items()):
-        scores = {rel: mean(values) for rel, values in row.items()}
-        scores["macro"] = mean(scores[rel] for rel in relations if rel in scores)
-        table[key] = scores
-    return relations, table
+def read_result(path: Path) -> tuple[dict | None, Problem | None]:
+    """One results.json as (run, None), or (None, problem) when it is unreadable or failed."""
+    job = str(path.parent)
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return None, Problem(job, "failed", overrides(path.parent), f"unreadable: {err}")
+    if run.get("status") == "failed":
+        return None, Problem(job, "failed", describe(run), str(run.get("error") or "no message"))
+    if not run.get("relations"):
+        return None, Problem(job, "failed", describe(run), "results.json has no relations")
+    return {**run, "path": job}, None
 
 
-def markdown(relations: list[str], table: dict[tuple[str, str], dict[str, float]]) -> str:
-    head = ["backbone", "method", *relations, "macro"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (backbone, method), scores in table.items():
-        cells = [f"{100 * scores[c]:.1f}" if c in scores else "—" for c in [*relations, "macro"]]
-        lines.append("| " + " | ".join([backbone, method, *cells]) + " |")
+def describe(run: dict) -> str:
+    """backbone / method (encoder) / seed, as far as a (possibly failed) run says."""
+    parts = [str(run[key]) for key in ("backbone", "method") if run.get(key)]
+    if parts and uses_encoder(run):
+        parts[-1] += f" ({encoder_name(run)})"
+    if run.get("seed") is not None:
+        parts.append(f"seed {run['seed']}")
+    return " / ".join(parts)
+
+
+def overrides(job: Path) -> str:
+    """The job's Hydra overrides (``.hydra/overrides.yaml``): what a missing job was to run."""
+    try:
+        return " ".join(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [])
+    except (OSError, yaml.YAMLError, TypeError):
+        return ""
+
+
+def encoder_name(run: dict) -> str:
+    """The conf/encoder/ name (lstm, mlp, none) of the run's encoder class."""
+    name = run.get("encoder") or "none"
+    return ENCODER_NAMES.get(name, name)
+
+
+def uses_encoder(run: dict) -> bool:
+    """Only prompts with pseudo tokens train an encoder; results.json names one for every run
+    (the config always has an encoder group), so manual baselines must not be split by it."""
+    if run.get("method") == "exported":
+        return False
+    template = ((run.get("config") or {}).get("prompt") or {}).get("template")
+    return "[P" in template if template else run.get("method") == "ptuning"
+
+
+# --- tables ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class RowKey:
+    backbone: str
+    method: str
+    encoder: str = ""  # "" unless the table is split by encoder and the method uses one
+
+    def label(self) -> str:
+        return f"{self.method} ({self.encoder})" if self.encoder else self.method
+
+
+@dataclass
+class Row:
+    """The runs (one per seed) of one table row."""
+
+    key: RowKey
+    runs: list[dict] = field(default_factory=list)
+
+    @property
+    def relations(self) -> set[str]:
+        return {rel for run in self.runs for rel in run["relations"]}
+
+    @property
+    def macros(self) -> list[float]:
+        """Each run's macro test P@1 over its own relations."""
+        return [mean(float(r["test_p1"]) for r in run["relations"].values()) for run in self.runs]
+
+    def scores(self, relation: str) -> list[float]:
+        """Test P@1 of ``relation`` in each run that has it."""
+        return [
+            float(run["relations"][relation]["test_p1"])
+            for run in self.runs
+            if relation in run["relations"]
+        ]
+
+    def macro(self) -> tuple[float | None, float | None]:
+        """Macro test P@1: mean and std over seeds."""
+        return mean_std(self.macros)
+
+    def relation_mean(self, relation: str) -> float | None:
+        """Test P@1 of ``relation``, mean over seeds (None: no run has it)."""
+        return mean_std(self.scores(relation))[0]
+
+
+@dataclass
+class Tables:
+    relations: list[str]  # every relation of any row, in natural order (P19 before P103)
+    rows: list[Row]
+    by_encoder: bool  # P-Tuning runs used several encoders: rows are split by encoder
+
+
+def tables(runs: list[dict]) -> Tables:
+    """Group runs into rows backbone x method (x encoder when P-Tuning runs differ in it)."""
+    by_encoder = len({encoder_name(run) for run in runs if uses_encoder(run)}) > 1
+    rows: dict[RowKey, Row] = {}
+    for run in sorted(
+        runs, key=lambda run: (run.get("seed") is None, run.get("seed"), run["path"])
+    ):
+        encoder = encoder_name(run) if by_encoder and uses_encoder(run) else ""
+        key = RowKey(run["backbone"], run["method"], encoder)
+        rows.setdefault(key, Row(key)).runs.append(run)
+    relations = sorted({rel for row in rows.values() for rel in row.relations}, key=natural)
+    return Tables(relations, [rows[key] for key in sorted(rows)], by_encoder)
+
+
+def natural(text: str) -> list:
+    """Sort key that orders digits by value: P19 < P103."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std (None with fewer than two values: one seed has no spread)."""
+    if not values:
+        return None, None
+    return mean(values), stdev(values) if len(values) > 1 else None
+
+
+def key_columns(t: Tables) -> list[str]:
+    return ["backbone", "method", "encoder"] if t.by_encoder else ["backbone", "method"]
+
+
+def key_cells(t: Tables, key: RowKey) -> list[str]:
+    return [key.backbone, key.method, key.encoder or "—"][: len(key_columns(t))]
+
+
+def macro_table(t: Tables) -> tuple[list[str], list[list]]:
+    """Table 1 as (header, rows): macro test P@1 mean and std over seeds (fractions), the
+    number of seeds (runs) and of relations."""
+    header = [*key_columns(t), "test_p1_mean", "test_p1_std", "seeds", "relations"]
+    rows = [
+        [*key_cells(t, row.key), *row.macro(), len(row.runs), len(row.relations)] for row in t.rows
+    ]
+    return header, rows
+
+
+def relation_table(t: Tables) -> tuple[list[str], list[list]]:
+    """Table 2 as (header, rows): test P@1 per relation, mean over seeds (None: not run)."""
+    header = [*key_columns(t), *t.relations]
+    rows = [[*key_cells(t, row.key), *map(row.relation_mean, t.relations)] for row in t.rows]
+    return header, rows
+
+
+def notes(t: Tables) -> list[str]:
+    """Why some macro averages are not comparable: rows or seeds over different relation sets,
+    and seeds counted twice."""
+    out = []
+    every = set(t.relations)
+    for row in t.rows:
+        name = f"{row.key.backbone} / {row.key.label()}"
+        if row.relations != every:
+            lacking = ", ".join(sorted(every - row.relations, key=natural))
+            out.append(
+                f"{name} lacks {lacking}: its macro covers {len(row.relations)} of "
+                f"{len(every)} relations and is not comparable with full rows."
+            )
+        for run in row.runs:
+            if set(run["relations"]) != row.relations:
+                lacking = ", ".join(sorted(row.relations - set(run["relations"]), key=natural))
+                out.append(f"{name}: seed {run.get('seed')} ({run['path']}) lacks {lacking}.")
+        for seed, n in sorted(Counter(run.get("seed") for run in row.runs).items(), key=str):
+            if n > 1:
+                out.append(f"{name}: seed {seed} has {n} runs, all counted.")
+    return out
+
+
+# --- writers ---------------------------------------------------------------------------------
+
+
+def percent(value: float | None, digits: int) -> str:
+    """A fraction as a percentage with fixed digits; empty for no value."""
+    return "" if value is None else f"{100 * value:.{digits}f}"
+
+
+def to_csv(header: list[str], rows: list[list], digits: int = 2) -> str:
+    """CSV with scores in percent (fixed digits), Unix line ends."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(
+            [percent(c, digits) if isinstance(c, float) or c is None else c for c in row]
+        )
+    return buffer.getvalue()
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def markdown_tables(t: Tables) -> str:
+    """Tables 1 and 2 in Markdown (percent, one decimal; "—": not run)."""
+    table1 = [
+        [*key_cells(t, row.key), plus_minus(*row.macro()), len(row.runs), len(row.relations)]
+        for row in t.rows
+    ]
+    table2 = [
+        [
+            *key_cells(t, row.key),
+            *(percent(row.relation_mean(rel), 1) or "—" for rel in t.relations),
+        ]
+        for row in t.rows
+    ]
+    return "\n".join(
+        [
+            "## Table 1: macro test P@1 (%)",
+            "",
+            "Mean ± sample std over seeds (no ± with one seed).",
+            "",
+            markdown_table([*key_columns(t), "test P@1", "seeds", "relations"], table1),
+            "",
+            "## Table 2: test P@1 (%) per relation, mean over seeds",
+            "",
+            markdown_table([*key_columns(t), *t.relations], table2),
+        ]
+    )
+
+
+def plus_minus(mean_: float | None, std: float | None) -> str:
+    return percent(mean_, 1) + (f" ± {percent(std, 1)}" if std is not None else "")
+
+
+def markdown_problems(problems: list[Problem]) -> str:
+    """The "Missing or failed runs" section: every job that has no result."""
+    lines = ["## Missing or failed runs", ""]
+    if not problems:
+        return "\n".join([*lines, "None."])
+    rows = [[p.status, f"`{p.path}`", cell(p.what), cell(p.error)] for p in problems]
+    return "\n".join([*lines, markdown_table(["status", "job", "run", "error"], rows)])
+
+
+def cell(text: str, limit: int = 200) -> str:
+    """One line of text that cannot break a Markdown table."""
+    line = " ".join(text.split())
+    line = line if len(line) <= limit else line[: limit - 1] + "…"
+    return line.replace("|", "\\|") or "—"
+
+
+def markdown(t: Tables, problems: list[Problem], plots: Sequence[str] = ()) -> str:
+    """The whole report: tables, notes on relation sets, missing/failed jobs, plots."""
+    parts = ["# P-Tuning report", "", markdown_tables(t), ""]
+    found = notes(t)
+    if found:
+        parts += ["## Notes", "", *(f"- {note}" for note in found), ""]
+    parts += [markdown_problems(problems), ""]
+    if plots:
+        parts += ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
+    return "\n".join(parts)
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+
+def plot_relations(t: Tables) -> Figure:
+    """Test P@1 per relation, one bar per row (manual vs P-Tuning ...), one panel per backbone;
+    error bars are the std over seeds."""
+    backbones = sorted({row.key.backbone for row in t.rows})
+    labels = sorted({row.key.label() for row in t.rows})  # one colour per label in all panels
+    width = max(6.0, 1.2 + 0.9 * len(t.relations))
+    fig = Figure(figsize=(width, 3.2 * len(backbones)), layout="constrained")
+    axes = fig.subplots(len(backbones), 1, squeeze=False)[:, 0]
+    for ax, backbone in zip(axes, backbones, strict=True):
+        rows = [row for row in t.rows if row.key.backbone == backbone]
+        bar = 0.8 / len(rows)
+        for i, row in enumerate(rows):
+            xs, heights, errors = [], [], []
+            for x, relation in enumerate(t.relations):
+                m, s = mean_std(row.scores(relation))
+                if m is not None:  # no bar where the row has no run of this relation
+                    xs.append(x + (i - (len(rows) - 1) / 2) * bar)
+                    heights.append(100 * m)
+                    errors.append(100 * s if s is not None else 0.0)
+            label = row.key.label()
+            color = f"C{labels.index(label) % 10}"
+            ax.bar(xs, heights, bar, yerr=errors, capsize=2, label=label, color=color)
+        ax.set_xticks(range(len(t.relations)), t.relations)
+        ax.set_ylabel("test P@1 (%)")
+        ax.set_title(backbone)
+        ax.legend(fontsize="small")
+    return fig
+
+
+def plot_encoders(t: Tables) -> Figure | None:
+    """Encoder ablation: macro test P@1 per encoder (± std over seeds), one group per backbone
+    and method; None when all runs used the same encoder."""
+    rows = [row for row in t.rows if row.key.encoder]
+    if not t.by_encoder or not rows:
+        return None
+    groups = sorted({(row.key.backbone, row.key.method) for row in rows})
+    encoders = sorted({row.key.encoder for row in rows})
+    fig = Figure(figsize=(max(5.0, 1.5 + 1.6 * len(groups)), 3.5), layout="constrained")
+    ax = fig.subplots()
+    bar = 0.8 / len(encoders)
+    for i, encoder in enumerate(encoders):
+        xs, heights, errors = [], [], []
+        for x, (backbone, method) in enumerate(groups):
+            match = [row for row in rows if row.key == RowKey(backbone, method, encoder)]
+            if match:
+                m, s = match[0].macro()
+                xs.append(x + (i - (len(encoders) - 1) / 2) * bar)
+                heights.append(100 * m)
+                errors.append(100 * s if s is not None else 0.0)
+        ax.bar(xs, heights, bar, yerr=errors, capsize=3, label=encoder)
+    ax.set_xticks(range(len(groups)), [f"{b}\n{m}" for b, m in groups])
+    ax.set_ylabel("macro test P@1 (%)")
+    ax.set_title("Encoder ablation")
+    ax.legend(title="encoder", fontsize="small")
+    return fig
+
+
+def save_png(fig: Figure, path: Path) -> None:
+    """PNG without version or date metadata, so that reruns are byte-identical."""
+    fig.savefig(path, dpi=100, metadata=PNG_METADATA)
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def write_report(t: Tables, problems: list[Problem], out: Path) -> str:
+    """Write report.md, the two CSVs and the plots into ``out``; returns the Markdown.
+
+    A plot that does not apply (e.g. no encoder ablation) is removed if an older report left it."""
+    out.mkdir(parents=True, exist_ok=True)
+    plots = {}
+    if t.rows:
+        plots[RELATIONS_PNG] = plot_relations(t)
+        plots[ENCODERS_PNG] = plot_encoders(t)
+    written = []
+    for name in (RELATIONS_PNG, ENCODERS_PNG):
+        if plots.get(name) is not None:
+            save_png(plots[name], out / name)
+            written.append(name)
+        else:
+            (out / name).unlink(missing_ok=True)
+    text = markdown(t, problems, written)
+    (out / REPORT_MD).write_text(text)
+    (out / MACRO_CSV).write_text(to_csv(*macro_table(t)))
+    (out / RELATIONS_CSV).write_text(to_csv(*relation_table(t)))
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", help="run or sweep folders holding results.json")
+    parser.add_argument("--out", type=Path, help="output folder (default: <first DIR>/report)")
     args = parser.parse_args(argv)
-    runs = load_runs(args.dirs)
-    if not runs:
+    try:
+        runs, problems = load_runs(args.dirs)
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
+    if not runs and not problems:
         raise SystemExit(f"no results.json under {', '.join(args.dirs)}")
-    print("Test P@1 (%)\n")
-    print(markdown(*comparison(runs)))
+    out = args.out or Path(args.dirs[0]) / "report"
+    print(write_report(tables(runs), problems, out))
+    print(f"Wrote {out}/: {REPORT_MD}, {MACRO_CSV}, {RELATIONS_CSV} and plots")
 
 
 if __name__ == "__main__":

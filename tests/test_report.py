@@ -1,0 +1,193 @@
+"""ptl-report and the analysis notebook on a hand-written sweep: exact table values, missing and
+failed jobs listed, relation-set notes, valid PNGs, byte-identical reruns."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from ptuning_lightning import report
+from ptuning_lightning.experiment import ROOT
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ENCODERS = {"lstm": "LSTMPromptEncoder", "mlp": "MLPPromptEncoder"}
+
+
+def write_job(job: Path, overrides: list[str], results: dict | None) -> None:
+    """A Hydra multirun job folder: .hydra/overrides.yaml, and results.json unless None."""
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if results is not None:
+        (job / "results.json").write_text(json.dumps(results, indent=2))
+
+
+def result(method: str, encoder: str, seed: int, test_p1: dict[str, float]) -> dict:
+    """A results.json as experiment.run writes it (the fields the report reads)."""
+    template = "[P*3] [X] [P*3] [Y] [P*3]" if method == "ptuning" else None
+    return {
+        "method": method,
+        "backbone": "tiny-gpt2",
+        "encoder": ENCODERS[encoder],
+        "seed": seed,
+        "relations": {r: {"dev_p1": p, "test_p1": p} for r, p in test_p1.items()},
+        "config": {"prompt": {"name": method, "template": template}},
+    }
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """manual and P-Tuning (lstm) over 3 relations x 2 seeds; P-Tuning (mlp): one seed over
+    2 relations, one failed job; one job (encoder=none) that never wrote results.json."""
+    root = tmp_path / "sweep"
+    (root / "multirun.yaml").parent.mkdir(parents=True)
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    manual = {"P19": 0.2, "P37": 0.3, "P103": 0.4}
+    jobs = [
+        (["prompt=manual", "seed=1"], result("manual", "lstm", 1, manual)),
+        (["prompt=manual", "seed=2"], result("manual", "lstm", 2, manual)),
+        (["seed=1"], result("ptuning", "lstm", 1, {"P19": 0.5, "P37": 0.6, "P103": 0.7})),
+        (["seed=2"], result("ptuning", "lstm", 2, {"P19": 0.6, "P37": 0.7, "P103": 0.8})),
+        (["encoder=mlp", "seed=1"], result("ptuning", "mlp", 1, {"P19": 0.1, "P37": 0.2})),
+        (
+            ["encoder=mlp", "seed=2"],
+            {
+                **result("ptuning", "mlp", 2, {}),
+                "status": "failed",
+                "error": "RuntimeError: CUDA out of memory | step 3",
+            },
+        ),
+        (["encoder=none", "seed=1"], None),
+    ]
+    for i, (overrides, results) in enumerate(jobs):
+        write_job(root / str(i), overrides, results)
+    return root
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_load_runs_separates_failed_and_missing(sweep: Path):
+    runs, problems = report.load_runs([sweep])
+    assert len(runs) == 5
+    assert [(Path(p.path).name, p.status) for p in problems] == [("5", "failed"), ("6", "missing")]
+    assert problems[0].what == "tiny-gpt2 / ptuning (mlp) / seed 2"
+    assert problems[1].what == "encoder=none seed=1"
+
+
+def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    report.main([str(sweep), "--out", str(out)])
+
+    macro = read_csv(out / report.MACRO_CSV)
+    assert macro == [
+        {
+            "backbone": "tiny-gpt2",
+            "method": "manual",
+            "encoder": "—",
+            "test_p1_mean": "30.00",
+            "test_p1_std": "0.00",
+            "seeds": "2",
+            "relations": "3",
+        },
+        {
+            "backbone": "tiny-gpt2",
+            "method": "ptuning",
+            "encoder": "lstm",
+            "test_p1_mean": "65.00",
+            "test_p1_std": "7.07",
+            "seeds": "2",
+            "relations": "3",
+        },
+        # the failed seed is not averaged in: one seed, no std
+        {
+            "backbone": "tiny-gpt2",
+            "method": "ptuning",
+            "encoder": "mlp",
+            "test_p1_mean": "15.00",
+            "test_p1_std": "",
+            "seeds": "1",
+            "relations": "2",
+        },
+    ]
+    per_relation = read_csv(out / report.RELATIONS_CSV)
+    assert list(per_relation[0]) == ["backbone", "method", "encoder", "P19", "P37", "P103"]
+    assert [(r["P19"], r["P37"], r["P103"]) for r in per_relation] == [
+        ("20.00", "30.00", "40.00"),
+        ("55.00", "65.00", "75.00"),
+        ("10.00", "20.00", ""),
+    ]
+
+    text = (out / report.REPORT_MD).read_text()
+    assert "| tiny-gpt2 | ptuning | lstm | 65.0 ± 7.1 | 2 | 3 |" in text
+    assert "| tiny-gpt2 | ptuning | mlp | 15.0 | 1 | 2 |" in text
+    assert "tiny-gpt2 / ptuning (mlp) lacks P103" in text
+    problems = text.split("## Missing or failed runs")[1]
+    assert f"| failed | `{sweep / '5'}` | tiny-gpt2 / ptuning (mlp) / seed 2 |" in problems
+    assert "CUDA out of memory \\| step 3" in problems  # a "|" cannot break the table
+    assert f"| missing | `{sweep / '6'}` | encoder=none seed=1 | no results.json |" in problems
+    assert "## Table 1" in capsys.readouterr().out  # the tables are printed too
+
+    for name in (report.RELATIONS_PNG, report.ENCODERS_PNG):
+        png = (out / name).read_bytes()
+        assert (
+            png.startswith(PNG_MAGIC) and png[12:16] == b"IHDR" and png.endswith(b"IEND\xaeB`\x82")
+        )
+        assert f"]({name})" in text
+
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(first) == sorted(
+        [
+            report.REPORT_MD,
+            report.MACRO_CSV,
+            report.RELATIONS_CSV,
+            report.RELATIONS_PNG,
+            report.ENCODERS_PNG,
+        ]
+    )
+    report.main([str(sweep), "--out", str(out)])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+
+
+def test_default_out_and_single_encoder(sweep: Path):
+    """Default output is <DIR>/report; with one encoder there is no encoder column or plot."""
+    for job in ("4", "5", "6"):
+        for path in sorted((sweep / job).rglob("*"), reverse=True):
+            path.rmdir() if path.is_dir() else path.unlink()
+    report.main([str(sweep)])
+    out = sweep / "report"
+    assert read_csv(out / report.MACRO_CSV)[1]["method"] == "ptuning"
+    assert "encoder" not in read_csv(out / report.MACRO_CSV)[0]
+    assert not (out / report.ENCODERS_PNG).exists()
+    assert "## Missing or failed runs\n\nNone." in (out / report.REPORT_MD).read_text()
+
+
+def test_notebook_runs_on_a_sweep(sweep: Path, monkeypatch):
+    """The notebook executes top to bottom on the fixture sweep (path via PTL_SWEEP)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = ROOT / "notebooks" / "analysis.ipynb"
+    nb = nbformat.read(notebook, as_version=4)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "strip outputs"
+    monkeypatch.setenv("PTL_SWEEP", str(sweep))
+    client = NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=120,
+        resources={"metadata": {"path": str(notebook.parent)}},
+    )
+    client.execute()
+    outputs = [out for cell in code for out in cell.outputs]
+    data = [out.get("data", {}) for out in outputs]
+    text = "".join(out.get("text", "") for out in outputs) + "".join(
+        d.get("text/markdown", "") for d in data
+    )
+    assert "5 runs, 2 missing or failed jobs" in text
+    assert "65.0 ± 7.1" in text and "| missing |" in text
+    assert sum("image/png" in d for d in data) == 2
