@@ -63,7 +63,10 @@ class PredictionTable(Callback):
         probs = outputs.detach().float().softmax(-1)
         top = probs.topk(min(self.top_k, probs.size(-1)), dim=-1)
         words = self._words(pl_module, top.indices)
+        padding = batch.get("padding", torch.zeros_like(batch["index"])).tolist()
         for row, index in enumerate(batch["index"].tolist()):
+            if padding[row]:  # a copy that pads the split across DDP ranks
+                continue
             example = dataset[index]
             ranked = ", ".join(
                 f"{w} {p:.3g}" for w, p in zip(words[row], top.values[row].tolist(), strict=True)

@@ -17,9 +17,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptuning_lightning.backbones import Backbone
 from ptuning_lightning.data.lama import resolve_relations
+from ptuning_lightning.distributed import end_finished_job
 from ptuning_lightning.encoders import FixedPrompt, export_prompt, load_prompt
 from ptuning_lightning.module import PromptModule
 from ptuning_lightning.results import print_table, summarize, write_results
+from ptuning_lightning.sweeps import (
+    RELATION_RESULT,
+    RESULTS,
+    error_message,
+    failure,
+    finished_job,
+    finished_relation,
+    in_multirun,
+    last_checkpoint,
+    record_status,
+)
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]  # the repository: conf/ and data/ live there
@@ -29,16 +41,53 @@ OmegaConf.register_new_resolver("ptl_root", lambda: str(ROOT), replace=True)
 OmegaConf.register_new_resolver("ptl_unset", lambda name: not os.environ.get(name), replace=True)
 
 
-def run(cfg: DictConfig) -> float:
-    """Run every relation of ``task.relation``; returns the macro dev P@1 (for sweepers)."""
+def run(cfg: DictConfig) -> float | None:
+    """Run every relation of ``task.relation``; returns the macro dev P@1 (for sweepers).
+
+    With ``resume: true`` (the default) a job whose folder holds finished results is skipped
+    and returns the stored P@1; relations finished by an earlier run of the job are read back
+    from ``<relation>/result.json``; an interrupted one resumes from its ``last.ckpt``. A job
+    that raises writes ``results.json`` with ``"status": "failed"``: in a multirun it returns
+    None (Optuna marks the trial failed) and the sweep goes on, a single run re-raises."""
+    out = Path(cfg.paths.output_dir)
+    stored = finished_job(out) if cfg.get("resume", True) else None
+    if stored is not None:
+        log.info("Skipped: %s holds finished results (resume=false runs it again)", out)
+        record_status(out, "skipped")
+        return stored["macro"]["dev_p1"]
     started = time.perf_counter()
-    relations = resolve_relations(cfg.task.relation, cfg.task.data_root)
-    backbone: Backbone = instantiate(cfg.backbone.load)
-    per_relation = {r: run_relation(for_relation(cfg, r), backbone) for r in relations}
-    results = summarize(cfg, per_relation, time.perf_counter() - started)
-    write_results(Path(cfg.paths.output_dir) / "results.json", results)
-    print_table(results)
+    try:
+        results = run_relations(cfg, out, started)
+    except Exception as err:
+        log.exception("Job failed (%s)", out)
+        write_results(out / RESULTS, failure(cfg, err, time.perf_counter() - started))
+        record_status(out, "failed", error_message(err))
+        if not in_multirun():
+            raise
+        return None
+    record_status(out, "done")
     return results["macro"]["dev_p1"]
+
+
+def run_relations(cfg: DictConfig, out: Path, started: float) -> dict:
+    """Every relation of the job (finished ones read back), then ``results.json``."""
+    relations = resolve_relations(cfg.task.relation, cfg.task.data_root)
+    backbone: Backbone | None = None
+    per_relation = {}
+    for relation in relations:
+        done = finished_relation(out, relation) if cfg.get("resume", True) else None
+        if done is not None:
+            log.info("%s: finished by an earlier run, read from %s", relation, out / relation)
+        else:
+            if backbone is None:
+                backbone = instantiate(cfg.backbone.load)
+            done = run_relation(for_relation(cfg, relation), backbone)
+            write_results(out / relation / RELATION_RESULT, done)
+        per_relation[relation] = done
+    results = summarize(cfg, per_relation, time.perf_counter() - started)
+    write_results(out / RESULTS, results)
+    print_table(results)
+    return results
 
 
 def for_relation(cfg: DictConfig, relation: str) -> DictConfig:
@@ -73,19 +122,24 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
     result = {"template": data.template_source, "filter": data.stats}
     started = time.perf_counter()
     if trainable:
-        trainer.fit(module, data)
+        trainer.fit(module, data, ckpt_path=last_checkpoint(cfg))  # resume: true
         result["dev_p1"] = float(trainer.checkpoint_callback.best_model_score)
+        dev_n = trainer.callback_metrics.get("dev/n")  # every epoch's; None: nothing left to fit
+        result["dev_n"] = None if dev_n is None else int(dev_n)
         result["epochs"] = trainer.current_epoch
         result["train_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
         test = trainer.test(module, data, ckpt_path="best", verbose=False)
         out = Path(cfg.paths.output_dir) / relation
-        with torch.no_grad():
-            export_prompt(out / "prompt.pt", module.eval().prompt(), template or "", backbone.name)
+        if trainer.is_global_zero:  # trainer=ddp: every rank runs this, one writes
+            with torch.no_grad():
+                prompt = module.eval().prompt()
+                export_prompt(out / "prompt.pt", prompt, template or "", backbone.name)
     else:
-        result["dev_p1"] = trainer.validate(module, data, verbose=False)[0]["dev/P@1"]
+        dev = trainer.validate(module, data, verbose=False)[0]
+        result["dev_p1"], result["dev_n"] = dev["dev/P@1"], int(dev["dev/n"])
         test = trainer.test(module, data, verbose=False)
-    result["test_p1"] = test[0]["test/P@1"]
+    result["test_p1"], result["test_n"] = test[0]["test/P@1"], int(test[0]["test/n"])
     result["eval_seconds"] = time.perf_counter() - started
     for logger in trainer.loggers:  # one wandb run per relation: close it before the next
         if isinstance(logger, WandbLogger):
@@ -124,6 +178,7 @@ def build_encoder(cfg: DictConfig, n_tokens: int, backbone: Backbone) -> torch.n
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
+    end_finished_job()  # trainer=ddp in a multirun: the previous job's ranks are done
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -1,4 +1,5 @@
-"""Metrics as torchmetrics states that sum exactly across DDP ranks."""
+"""Metrics as torchmetrics states that sum exactly across DDP ranks (padding copies, which
+make every rank's share of a split the same size, are not counted)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,22 @@ class PrecisionAtOne(Metric):
         self.add_state("correct", default=torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
 
-    def update(self, scores: torch.Tensor, target: torch.Tensor) -> None:
-        """``scores`` (B, C) over candidates; ``target`` (B,) the gold candidate index."""
-        self.correct += (scores.argmax(dim=-1) == target).sum()
-        self.total += target.numel()
+    def update(
+        self, scores: torch.Tensor, target: torch.Tensor, padding: torch.Tensor | None = None
+    ) -> None:
+        """``scores`` (B, C) over candidates; ``target`` (B,) the gold candidate index;
+        ``padding`` (B,) 1 for the copies that pad a split across DDP ranks (not counted)."""
+        counted = torch.ones_like(target, dtype=torch.bool) if padding is None else padding == 0
+        self.correct += ((scores.argmax(dim=-1) == target) & counted).sum()
+        self.total += counted.sum()
 
     def compute(self) -> torch.Tensor:
         return self.correct.float() / self.total.clamp(min=1)
+
+
+class ExampleCount(PrecisionAtOne):
+    """The n behind a P@1: how many examples were scored (padding copies left out), summed
+    over DDP ranks. Under DDP it must equal the split's size, as on one process."""
+
+    def compute(self) -> torch.Tensor:
+        return self.total.clone()

@@ -16,7 +16,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from ptuning_lightning.backbones import Backbone
-from ptuning_lightning.metrics import PrecisionAtOne
+from ptuning_lightning.metrics import ExampleCount, PrecisionAtOne
 from ptuning_lightning.templates import place_prompt
 
 LOSS_OVER = ("vocab", "candidates")
@@ -43,7 +43,15 @@ class PromptModule(LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.loss_over = loss_over
         self.dev_p1, self.test_p1 = PrecisionAtOne(), PrecisionAtOne()
+        self.dev_n, self.test_n = ExampleCount(), ExampleCount()  # results.json: dev_n, test_n
         self.strict_loading = False  # checkpoints hold the trainable state only
+        # DDP broadcasts every parameter and buffer from rank 0 when it sets up (the gigabytes
+        # of the backbone, at every fit, validate and test) and buffers before every forward.
+        # The frozen backbone and the candidate ids are the same on every rank (same weights,
+        # same data), so only the trainable prompt is synchronised.
+        self._ddp_params_and_buffers_to_ignore = [
+            name for name, p in self.named_parameters() if not p.requires_grad
+        ] + [name for name, _ in self.named_buffers()]
 
     def prompt(self) -> torch.Tensor:
         """The continuous prompt (n_prompt, H), or an empty one for text-only templates."""
@@ -76,18 +84,22 @@ class PromptModule(LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.dev_p1, "dev/P@1")
+        self._evaluate(batch, "dev", self.dev_p1, self.dev_n)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Returns the candidate scores (B, C), for callbacks (``callbacks.PredictionTable``)."""
-        return self._evaluate(batch, self.test_p1, "test/P@1")
+        return self._evaluate(batch, "test", self.test_p1, self.test_n)
 
     def _evaluate(
-        self, batch: dict[str, torch.Tensor], metric: PrecisionAtOne, name: str
+        self, batch: dict[str, torch.Tensor], split: str, p1: PrecisionAtOne, n: ExampleCount
     ) -> torch.Tensor:
+        """Logs ``<split>/P@1`` and ``<split>/n`` (examples scored, padding copies left out)."""
         scores = self.scores(batch, self.prompt(), candidates=True)
-        metric.update(scores, batch["target_index"])
-        self.log(name, metric, prog_bar=True, batch_size=batch["target_index"].numel())
+        size = batch["target_index"].numel()
+        for metric in (p1, n):
+            metric.update(scores, batch["target_index"], batch.get("padding"))
+        self.log(f"{split}/P@1", p1, prog_bar=True, batch_size=size)
+        self.log(f"{split}/n", n, batch_size=size)
         return scores
 
     def configure_optimizers(self):

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning
 import torch
 import transformers
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -24,6 +25,7 @@ def summarize(cfg: DictConfig, per_relation: dict[str, dict], seconds: float) ->
         for key in ("dev_p1", "test_p1")
     }
     return {
+        "status": "done",  # a failed job's results.json says "failed" (sweeps.failure)
         "method": cfg.prompt.name,
         "backbone": cfg.backbone.name,
         "encoder": cfg.encoder._target_.rsplit(".", 1)[-1] if "encoder" in cfg else None,
@@ -42,6 +44,7 @@ def summarize(cfg: DictConfig, per_relation: dict[str, dict], seconds: float) ->
     }
 
 
+@rank_zero_only  # trainer=ddp: every rank runs the job, rank zero writes its files
 def write_results(path: Path, results: dict) -> None:
     """Write atomically: a reader never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +53,7 @@ def write_results(path: Path, results: dict) -> None:
     os.replace(partial, path)
 
 
+@rank_zero_only
 def print_table(results: dict) -> None:
     table = Table(title=f"{results['method']} on {results['backbone']} (P@1, %)")
     for column in ("relation", "n test", "dev P@1", "test P@1"):

@@ -9,7 +9,7 @@ from ptuning_lightning.experiment import CONFIG_DIR, run
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     return run(cfg)
 
 

@@ -1,11 +1,11 @@
-"""Dynamic padding and a shuffle that a resumed run reproduces."""
+"""Dynamic padding, a shuffle that a resumed run reproduces, and the DDP shards of both."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, DistributedSampler
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -28,20 +28,60 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-class EpochShuffleSampler(Sampler[int]):
+class EpochShuffleSampler(DistributedSampler):
     """A permutation drawn from (seed, epoch), so a run resumed at epoch k sees the same
-    order as an uninterrupted one (Lightning calls ``set_epoch`` every epoch)."""
+    order as an uninterrupted one (Lightning calls ``set_epoch`` every epoch).
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
+    Under DDP (``world_size`` > 1) rank ``r`` takes items r, r + W, r + 2W, ... of that same
+    permutation, padded with its first items to a multiple of W as torch's
+    ``DistributedSampler`` pads, so that every rank runs the same number of steps. With a
+    per-rank batch of B / W, step t of all ranks together is then step t of a single process
+    with batch B (only a last, partial global batch may hold up to W - 1 repeated examples).
+    It is a ``DistributedSampler``, so Lightning keeps it rather than wrapping it in one that
+    would shuffle again."""
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(range(size), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        self.size = size
 
     def __iter__(self) -> Iterator[int]:
         # distinct streams per (seed, epoch): seed 34 epoch 1 must not replay seed 35 epoch 0
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        order = torch.randperm(self.size, generator=generator).tolist()
+        padded = (order * -(-self.total_size // max(self.size, 1)))[: self.total_size]
+        return iter(padded[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
-        return self.size
+        return self.num_samples
+
+
+class EvalShardSampler(DistributedSampler):
+    """Evaluation under DDP: rank ``r`` scores positions r, r + W, ... of the split padded to
+    a multiple of W. Positions past the split are padding copies that ``PaddedSplit`` marks
+    (``padding`` = 1) and P@1 leaves out: every example counts exactly once, as in a single
+    process, while every rank runs the same number of batches. One process: the split in
+    order, no padding."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(range(size), num_replicas=world_size, rank=rank, shuffle=False)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class PaddedSplit(Dataset):
+    """A split's examples, each with ``padding`` = 0; positions from ``len(examples)`` on are
+    copies of the first examples with ``padding`` = 1 (``EvalShardSampler``'s padding)."""
+
+    def __init__(self, examples: list[dict]) -> None:
+        self.examples = examples
+
+    def __getitem__(self, position: int) -> dict:
+        n = len(self.examples)
+        return {**self.examples[position % n], "padding": int(position >= n)}
+
+    def __len__(self) -> int:
+        return len(self.examples)
