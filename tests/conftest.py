@@ -20,7 +20,9 @@ torch.set_num_threads(1)
 
 # Keeps test runs quiet: no experiment logger, progress bar or model summary.
 QUIET = [
-    "logger=none", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false",
+    "logger=none",
+    "~callbacks.progress_bar",
+    "+trainer.enable_progress_bar=false",
     "+trainer.enable_model_summary=false",
 ]
 
@@ -28,8 +30,9 @@ QUIET = [
 def tiny_backbone(name: str, kind: str) -> Backbone:
     """A tiny random backbone built as ``conf/backbone/<name>.yaml`` builds it (the tokenizer
     is trained once per process and cached)."""
-    return build_tiny(name, kind, corpus=str(LAMA / "trex"), vocab_size=4000, layers=2, hidden=64,
-                      heads=2)
+    return build_tiny(
+        name, kind, corpus=str(LAMA / "trex"), vocab_size=4000, layers=2, hidden=64, heads=2
+    )
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +56,10 @@ def compose_config(config_name: str, output_dir: Path, overrides: list[str]) -> 
 
     ``paths.output_dir`` normally comes from Hydra's runtime, which tests do not start."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name=config_name,
-                       overrides=[f"paths.output_dir={output_dir}", *QUIET, *overrides])
+        return compose(
+            config_name=config_name,
+            overrides=[f"paths.output_dir={output_dir}", *QUIET, *overrides],
+        )
 
 
 @pytest.fixture(scope="session")

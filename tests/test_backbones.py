@@ -33,8 +33,12 @@ def test_answer_readout_matches_full_forward(backbone):
     got = backbone.logits_at(embeds, mask, positions)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     candidates = torch.tensor([7, 3, 11])
-    torch.testing.assert_close(backbone.logits_at(embeds, mask, positions, candidates),
-                               expected[:, candidates], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        backbone.logits_at(embeds, mask, positions, candidates),
+        expected[:, candidates],
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_backbone_is_frozen_and_stays_in_eval_mode(backbone):

@@ -60,8 +60,13 @@ STOP_LOSS = 0.01  # pretraining stops once the loss over all facts is this low
 PROMPT_STEPS, PROMPT_LR, PROMPT_CLIP = 300, 1e-3, 1.0
 SPECIALS = {  # each kind's special tokens, as PreTrainedTokenizerFast arguments
     "causal": {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<unk>"},
-    "masked": {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
-               "sep_token": "[SEP]", "mask_token": "[MASK]"},
+    "masked": {
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "mask_token": "[MASK]",
+    },
 }
 
 
@@ -118,11 +123,15 @@ def encode(backbone: Backbone, template: str, facts: list[tuple[str, str]]) -> l
     for subject, obj in facts:
         encoded = coder.encode({"X": subject})
         (token,) = coder.answer_ids(obj)
-        examples.append({
-            "input_ids": encoded.input_ids, "prompt_index": encoded.prompt_index,
-            "answer_position": encoded.answer_position, "target_token": token,
-            "target_index": OBJECTS.index(obj),
-        })
+        examples.append(
+            {
+                "input_ids": encoded.input_ids,
+                "prompt_index": encoded.prompt_index,
+                "answer_position": encoded.answer_position,
+                "target_token": token,
+                "target_index": OBJECTS.index(obj),
+            }
+        )
     return examples
 
 
@@ -141,7 +150,8 @@ def pretrain(backbone: Backbone, world: World, seed: int, max_steps: int = 800) 
     somewhere inside a document. Without that the tiny BERT knows its facts only with the
     subject at position 1, and any prompt in front of ``[X]`` hides them."""
     examples = [
-        example for template in world.relations
+        example
+        for template in world.relations
         for example in encode(backbone, template, world.facts(template, world.subjects))
     ]
     batch = next(iter(loader(backbone, examples)))
@@ -169,15 +179,23 @@ def answer_logits(
     backbone: Backbone, batch: dict[str, torch.Tensor], position_ids: torch.Tensor
 ) -> torch.Tensor:
     """Vocabulary logits at each example's answer slot."""
-    hidden = backbone.body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           position_ids=position_ids).last_hidden_state
+    hidden = backbone.body(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=position_ids,
+    ).last_hidden_state
     return backbone.head(hidden[torch.arange(hidden.size(0)), batch["answer_position"]])
 
 
 def trainer(**options) -> L.Trainer:
     return L.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, **options,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **options,
     )
 
 
@@ -204,8 +222,16 @@ class Outcome:
 def run(kind: str, seed: int = SEED) -> Outcome:
     """The whole experiment for one model kind (``causal`` or ``masked``)."""
     world = make_world(seed)
-    backbone = build_tiny(f"tiny-{kind}", kind, corpus="", tokenizer=make_tokenizer(world, kind),
-                          layers=2, hidden=64, heads=2, seed=seed)
+    backbone = build_tiny(
+        f"tiny-{kind}",
+        kind,
+        corpus="",
+        tokenizer=make_tokenizer(world, kind),
+        layers=2,
+        hidden=64,
+        heads=2,
+        seed=seed,
+    )
     recall = pretrain(backbone, world, seed)
     candidates = torch.tensor(backbone.tokenizer.convert_tokens_to_ids(list(OBJECTS)))
     probed_train = encode(backbone, PTUNING, world.facts(PROBED, world.prompt_train))
@@ -216,8 +242,12 @@ def run(kind: str, seed: int = SEED) -> Outcome:
     text_only = PromptModule(backbone, candidates)
     L.seed_everything(seed, verbose=False)
     encoder = MLPPromptEncoder(Template.parse(PTUNING).n_prompt, backbone.hidden_size)
-    ptuning = PromptModule(backbone, candidates, encoder=encoder,
-                           optimizer=functools.partial(torch.optim.Adam, lr=PROMPT_LR))
+    ptuning = PromptModule(
+        backbone,
+        candidates,
+        encoder=encoder,
+        optimizer=functools.partial(torch.optim.Adam, lr=PROMPT_LR),
+    )
     untrained = held_out(PTUNING, ptuning)
     weights = {name: w.clone() for name, w in backbone.named_parameters()}
     fit = trainer(max_steps=PROMPT_STEPS, gradient_clip_val=PROMPT_CLIP)

@@ -17,8 +17,15 @@ from ptuning_lightning.data.lama import LamaDataModule, resolve_relations
 # the byte-level BPE tokenizer splits "Paris" in two.
 WORDS = ["Paris", "France", "Serbia", "Shire", "Gondor"]
 FACTS = {
-    "train": [("Alpha", "Paris"), ("Beta", "France"), ("Gamma", "Shire"), ("Delta", "Tokyo"),
-              ("Epsilon", "Serbia"), ("Zeta", "Gondor"), ("Eta", "Rome")],
+    "train": [
+        ("Alpha", "Paris"),
+        ("Beta", "France"),
+        ("Gamma", "Shire"),
+        ("Delta", "Tokyo"),
+        ("Epsilon", "Serbia"),
+        ("Zeta", "Gondor"),
+        ("Eta", "Rome"),
+    ],
     "dev": [("Alpha", "France"), ("Beta", "Zzyzx")],
     "test": [("Alpha", "Serbia"), ("Beta", "Paris"), ("Gamma", "Shire")],
 }
@@ -197,8 +204,10 @@ def test_unknown_vocabulary_key(lama, gpt2):
 def test_collate_pads_right():
     """Ids pad with pad_id, prompt_index with -1; the mask marks real tokens; ints stack."""
     batch = collate(
-        [{"input_ids": [5, 6, 7], "prompt_index": [0, -1, -1], "target_index": 2, "sub": "A"},
-         {"input_ids": [8], "prompt_index": [0], "target_index": 0, "sub": "B"}],
+        [
+            {"input_ids": [5, 6, 7], "prompt_index": [0, -1, -1], "target_index": 2, "sub": "A"},
+            {"input_ids": [8], "prompt_index": [0], "target_index": 0, "sub": "B"},
+        ],
         pad_id=1,
     )
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 1, 1]]

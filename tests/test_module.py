@@ -22,8 +22,16 @@ PAPER = "[P*3] [X] [P*3] [Y] [P*3]"
 def lama_data(backbone) -> LamaDataModule:
     """P1376 (capital of) with the paper's template, encoded once per backbone."""
     key = "gpt2-xl" if backbone.kind == "causal" else "bert-base-cased"
-    data = LamaDataModule(str(ROOT / "data" / "lama"), "P1376", backbone.tokenizer, backbone.kind,
-                          template=PAPER, vocab_key=key, batch_size=4, seed=1)
+    data = LamaDataModule(
+        str(ROOT / "data" / "lama"),
+        "P1376",
+        backbone.tokenizer,
+        backbone.kind,
+        template=PAPER,
+        vocab_key=key,
+        batch_size=4,
+        seed=1,
+    )
     data.setup()
     return data
 
@@ -109,8 +117,13 @@ def test_fit_trains_prompt_and_saves_only_it(backbone, tmp_path):
     before, start = frozen_state(backbone), frozen_state(module.encoder)
     modes = RecordModes()
     trainer = L.Trainer(
-        max_steps=2, limit_val_batches=0, accelerator="cpu", logger=False,
-        default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
+        max_steps=2,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         callbacks=[modes, ModelCheckpoint(dirpath=tmp_path, filename="prompt")],
     )
     trainer.fit(module, lama_data(backbone))

@@ -36,10 +36,17 @@ def test_manual_prompt_recalls_native_languages(tmp_path, compose_cfg):
 
 
 def test_ptuning_trains_and_exports_on_smollm2(tmp_path, compose_cfg):
-    cfg = compose_cfg("train", tmp_path, [
-        "task.relation=P103", "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
-        "optimizer.lr=1e-3", *LIMITS,
-    ])
+    cfg = compose_cfg(
+        "train",
+        tmp_path,
+        [
+            "task.relation=P103",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=3",
+            "optimizer.lr=1e-3",
+            *LIMITS,
+        ],
+    )
     run(cfg)
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["backbone"] == "smollm2-135m"

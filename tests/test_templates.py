@@ -128,8 +128,19 @@ def test_masked_placement(bert):
     tok, pad = bert.tokenizer, bert.tokenizer.pad_token_id
     enc = bind(bert).encode({"X": "Paris"})
     body = [*ids(tok, "Paris"), *ids(tok, "is the capital of")]
-    expected = [tok.cls_token_id, pad, pad, *body, pad, tok.mask_token_id, pad, pad, pad,
-                *ids(tok, "."), tok.sep_token_id]
+    expected = [
+        tok.cls_token_id,
+        pad,
+        pad,
+        *body,
+        pad,
+        tok.mask_token_id,
+        pad,
+        pad,
+        pad,
+        *ids(tok, "."),
+        tok.sep_token_id,
+    ]
     assert enc.input_ids == expected
     answer = 3 + len(body) + 1
     assert enc.answer_position == answer

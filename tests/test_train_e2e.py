@@ -22,17 +22,39 @@ SEEN_PSEUDO_TOKENS = {"tiny-gpt2": 6, "tiny-bert": 9}  # causal LMs drop the [P*
 
 # A short word list for P1376: with 12 candidates even a random tiny model scores well above
 # zero, so comparing the P@1 of training and evaluation runs is not comparing zeros.
-FEW_WORDS = ["Japan", "Taiwan", "Santiago", "England", "Victoria", "Alabama", "Greece", "Georgia",
-             "Indonesia", "Serbia", "Punjab", "Venezuela"]
+FEW_WORDS = [
+    "Japan",
+    "Taiwan",
+    "Santiago",
+    "England",
+    "Victoria",
+    "Alabama",
+    "Greece",
+    "Georgia",
+    "Indonesia",
+    "Serbia",
+    "Punjab",
+    "Venezuela",
+]
 
 LEARN = ("optimizer.lr=0.01", "prompt.loss_over=candidates")  # learn something in one epoch
 
 
 def train(compose_cfg, out: Path, backbone: str, prompt: str, *overrides: str) -> dict:
     """ptl-train for one epoch on P1376; returns its results.json."""
-    run(compose_cfg("train", out, [f"backbone={backbone}", f"prompt={prompt}",
-                                   f"task.relation={RELATION}", "trainer.max_epochs=1",
-                                   *overrides]))
+    run(
+        compose_cfg(
+            "train",
+            out,
+            [
+                f"backbone={backbone}",
+                f"prompt={prompt}",
+                f"task.relation={RELATION}",
+                "trainer.max_epochs=1",
+                *overrides,
+            ],
+        )
+    )
     return json.loads((out / "results.json").read_text())
 
 
@@ -54,8 +76,13 @@ def ptuning_run(request, tmp_path_factory, compose_cfg, few_words_lama):
     """One P-Tuning run per tiny backbone, then ptl-eval of the prompt it exported."""
     out, data = tmp_path_factory.mktemp(request.param), f"task.data_root={few_words_lama}"
     results = train(compose_cfg, out / "train", request.param, "ptuning", data, *LEARN)
-    overrides = [f"backbone={request.param}", "prompt=exported", f"prompt.path={out / 'train'}",
-                 f"task.relation={RELATION}", data]
+    overrides = [
+        f"backbone={request.param}",
+        "prompt=exported",
+        f"prompt.path={out / 'train'}",
+        f"task.relation={RELATION}",
+        data,
+    ]
     run(compose_cfg("eval", out / "eval", overrides))
     evaluated = json.loads((out / "eval" / "results.json").read_text())
     return request.param, out, results, evaluated
@@ -137,17 +164,33 @@ def test_manual_prompt_is_evaluated_not_trained(tmp_path, compose_cfg, backbone)
 def fit(compose_cfg, out: Path, epochs: int, backbone, resume: Path | None = None) -> dict:
     """What ptl-train does for one relation, plus ``Trainer.fit(ckpt_path=resume)``; returns the
     final encoder weights. A large learning rate makes every step count."""
-    cfg = compose_cfg("train", out, [
-        "backbone=tiny-gpt2", f"task.relation={RELATION}", f"trainer.max_epochs={epochs}",
-        "optimizer.lr=0.01", "task.batch_size=16",
-    ])
-    data = instantiate(cfg.task, tokenizer=backbone.tokenizer, model_kind=backbone.kind,
-                       template=cfg.prompt.template)
+    cfg = compose_cfg(
+        "train",
+        out,
+        [
+            "backbone=tiny-gpt2",
+            f"task.relation={RELATION}",
+            f"trainer.max_epochs={epochs}",
+            "optimizer.lr=0.01",
+            "task.batch_size=16",
+        ],
+    )
+    data = instantiate(
+        cfg.task,
+        tokenizer=backbone.tokenizer,
+        model_kind=backbone.kind,
+        template=cfg.prompt.template,
+    )
     data.setup()
     torch.manual_seed(cfg.seed)
     encoder = build_encoder(cfg.encoder, data.template.n_prompt, backbone)
-    module = PromptModule(backbone, data.candidate_ids, encoder, instantiate(cfg.optimizer),
-                          instantiate(cfg.scheduler))
+    module = PromptModule(
+        backbone,
+        data.candidate_ids,
+        encoder,
+        instantiate(cfg.optimizer),
+        instantiate(cfg.scheduler),
+    )
     build_trainer(cfg).fit(module, data, ckpt_path=resume)
     return {k: v.clone() for k, v in encoder.state_dict().items()}
 
