@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptuning_lightning.backbones import Backbone
 from ptuning_lightning.data.lama import resolve_relations
+from ptuning_lightning.discrete_prompts import published_template
 from ptuning_lightning.distributed import end_finished_job
 from ptuning_lightning.encoders import FixedPrompt, export_prompt, load_prompt
 from ptuning_lightning.module import PromptModule
@@ -148,9 +149,13 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
 
 
 def build_prompt(cfg: DictConfig, backbone: Backbone) -> tuple[FixedPrompt | None, str | None]:
-    """An exported prompt (embeddings and template from its file), or just the configured
-    template (None: the task's manual one); trainable encoders are built once the template's
-    number of pseudo tokens is known."""
+    """An exported prompt (embeddings and template from its file), a published discrete one
+    (``prompt=discrete``), or just the configured template (None: the task's manual one);
+    trainable encoders are built once the template's number of pseudo tokens is known."""
+    if cfg.prompt.name == "discrete":
+        causal = backbone.kind == "causal"
+        source, root = cfg.prompt.source, cfg.task.data_root
+        return None, published_template(root, source, cfg.task.relation, causal)
     if cfg.prompt.name != "exported":
         return None, cfg.prompt.template
     path = Path(cfg.prompt.path)

@@ -1,0 +1,147 @@
+"""prompt=discrete: the published AutoPrompt and LPAQA prompts of each relation, evaluated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ptuning_lightning.data.jsonl import DataError
+from ptuning_lightning.data.lama import lama_relations
+from ptuning_lightning.discrete_prompts import SOURCES, published_template
+from ptuning_lightning.experiment import ROOT, run
+from ptuning_lightning.templates import Part, Template
+
+LAMA = ROOT / "data" / "lama"
+# Relations of the 41 in data/lama/trex that each source covers (as bundled).
+COVERED = {
+    "autoprompt_bert": 41,
+    "autoprompt_roberta": 41,
+    "lpaqa_mine": 41,
+    "lpaqa_paraphrase": 41,
+}
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_every_covered_relation_loads_and_parses(source):
+    relations = lama_relations(LAMA)
+    assert len(relations) == 41
+    covered = 0
+    for relation in relations:
+        try:
+            template = published_template(LAMA, source, relation)
+        except DataError:
+            continue
+        parsed = Template.parse(template)
+        assert [p.kind for p in parsed.parts].count("slot") == 1
+        assert parsed.n_prompt == 0  # nothing to train: evaluated like a manual prompt
+        covered += 1
+    assert covered == COVERED[source]
+
+
+def test_autoprompt_template_with_text_glued_to_slots():
+    """AutoPrompt glues trigger tokens to [X] and ends with "[Y]."."""
+    template = published_template(LAMA, "autoprompt_bert", "P1001")
+    assert template == "[X]vik nationwide disabilities policing within [Y]."
+    assert Template.parse(template).parts == (
+        Part("slot", "X"),
+        Part("text", "vik nationwide disabilities policing within"),
+        Part("answer", space=True),
+        Part("text", "."),
+    )
+    glued = Template.parse("[X]PA communerug speaks proper[Y].")
+    assert [(p.kind, p.value, p.space) for p in glued.parts] == [
+        ("slot", "X", False),
+        ("text", "PA communerug speaks proper", False),
+        ("answer", "", False),
+        ("text", ".", False),
+    ]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_lpaqa_picks_the_top_weighted_template(tmp_path):
+    rows = [
+        {"template": "[X] low [Y] .", "weight": 0.1},
+        {"template": "[X] top [Y] .", "weight": 0.7},
+        {"template": "[X] mid [Y] .", "weight": 0.2},
+        {"template": "[X] tied later [Y] .", "weight": 0.7},
+    ]
+    write_jsonl(tmp_path / "prompts" / "lpaqa_mine" / "P19.jsonl", rows)
+    assert published_template(tmp_path, "lpaqa_mine", "P19") == "[X] top [Y] ."
+
+
+def test_bundled_lpaqa_choice_is_the_max_weight():
+    rows = [json.loads(x) for x in (LAMA / "prompts" / "lpaqa_mine" / "P1376.jsonl").open()]
+    best = max(r["weight"] for r in rows)
+    template = published_template(LAMA, "lpaqa_mine", "P1376")
+    assert template == "[X] is the county seat of [Y] ."
+    assert [r["template"] for r in rows if r["weight"] == best] == [template]
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_missing_relation_names_relation_and_source(tmp_path, source):
+    other = {"template": "[X] is in [Y] .", "weight": 1.0, "relation": "P19"}
+    for name in ("bert", "roberta"):
+        write_jsonl(tmp_path / "prompts" / "autoprompt" / f"{name}.jsonl", [other])
+    for name in ("lpaqa_mine", "lpaqa_paraphrase"):
+        write_jsonl(tmp_path / "prompts" / name / "P19.jsonl", [other])
+    assert published_template(tmp_path, source, "P19") == "[X] is in [Y] ."
+    with pytest.raises(DataError, match=rf"prompt.source={source} .*relation P36\b") as err:
+        published_template(tmp_path, source, "P36")
+    assert str(tmp_path / "prompts") in str(err.value)  # and the file
+
+
+def test_empty_lpaqa_file_is_a_missing_relation(tmp_path):
+    write_jsonl(tmp_path / "prompts" / "lpaqa_paraphrase" / "P36.jsonl", [])
+    with pytest.raises(DataError, match="lpaqa_paraphrase .*relation P36"):
+        published_template(tmp_path, "lpaqa_paraphrase", "P36")
+
+
+def test_unknown_source_lists_valid_ones():
+    with pytest.raises(DataError, match="unknown source 'lpaqa'.*autoprompt_bert.*lpaqa_mine"):
+        published_template(LAMA, "lpaqa", "P19")
+
+
+def test_discrete_prompt_is_evaluated_not_trained(tmp_path, compose_cfg):
+    """ptl-train prompt=discrete scores the LPAQA template (dev and test), trains nothing."""
+    overrides = [
+        "backbone=tiny-gpt2",
+        "prompt=discrete",
+        "prompt.source=lpaqa_mine",
+        "task.relation=P1376",
+    ]
+    run(compose_cfg("train", tmp_path, overrides))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["method"] == "discrete"
+    relation = results["relations"]["P1376"]
+    assert relation["template"] == "[X] is the county seat of [Y] ."
+    assert "epochs" not in relation
+    assert 0.0 <= relation["dev_p1"] <= 1.0 and 0.0 <= relation["test_p1"] <= 1.0
+    assert relation["dev_n"] > 0 and relation["test_n"] > 0
+    assert not list(tmp_path.rglob("checkpoints"))
+    assert not list(tmp_path.rglob("*.ckpt"))
+    assert not (tmp_path / "P1376" / "prompt.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("source", "relation"), [("lpaqa_mine", "P103"), ("lpaqa_paraphrase", "P136")]
+)
+def test_causal_lms_get_the_best_template_with_context_before_the_answer(source, relation):
+    """LPAQA's top template starts with [Y] here: a causal LM cannot read that out, so it
+    gets the highest-weighted template that has context before [Y]."""
+    best = published_template(LAMA, source, relation)
+    causal = published_template(LAMA, source, relation, causal=True)
+    assert best.startswith("[Y]")
+    assert causal != best and not causal.startswith("[Y]")
+    Template.parse(causal).for_causal()
+
+
+def test_relation_without_any_causal_template_says_so():
+    """Every lpaqa_mine prompt of P1412 starts with [Y]."""
+    with pytest.raises(DataError, match="P1412 starts with \\[Y\\].*causal LM"):
+        published_template(LAMA, "lpaqa_mine", "P1412", causal=True)
