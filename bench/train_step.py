@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from ptuning_lightning.experiment import CONFIG_DIR, build_encoder
-from ptuning_lightning.module import PromptModule
+from ptuning_lightning.experiment import CONFIG_DIR, build_relation
 
 
 def timed(fn) -> float:
@@ -49,18 +48,9 @@ def main() -> None:
                 "paths.output_dir=.",
             ],
         )
-    torch.manual_seed(cfg.seed)
     backbone = instantiate(cfg.backbone.load)
-    data = instantiate(
-        cfg.task,
-        tokenizer=backbone.tokenizer,
-        model_kind=backbone.kind,
-        template=cfg.prompt.template,
-    )
-    data.setup()
-    encoder = build_encoder(cfg.encoder, data.template.n_prompt, backbone)
-    module = PromptModule(backbone, data.candidate_ids, encoder)
-    optimizer = instantiate(cfg.optimizer)([p for p in module.parameters() if p.requires_grad])
+    module, data, _ = build_relation(cfg, backbone)
+    optimizer = module.configure_optimizers()["optimizer"]
     batch = next(iter(data.train_dataloader()))
 
     def ours() -> None:

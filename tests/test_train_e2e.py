@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from ptuning_lightning.encoders import LSTMPromptEncoder
-from ptuning_lightning.experiment import ROOT, build_encoder, build_trainer, run
-from ptuning_lightning.module import PromptModule
+from ptuning_lightning.experiment import ROOT, build_relation, build_trainer, run
 
 LAMA = ROOT / "data" / "lama"
 RELATION = "P1376"
@@ -175,24 +173,9 @@ def fit(compose_cfg, out: Path, epochs: int, backbone, resume: Path | None = Non
             "task.batch_size=16",
         ],
     )
-    data = instantiate(
-        cfg.task,
-        tokenizer=backbone.tokenizer,
-        model_kind=backbone.kind,
-        template=cfg.prompt.template,
-    )
-    data.setup()
-    torch.manual_seed(cfg.seed)
-    encoder = build_encoder(cfg.encoder, data.template.n_prompt, backbone)
-    module = PromptModule(
-        backbone,
-        data.candidate_ids,
-        encoder,
-        instantiate(cfg.optimizer),
-        instantiate(cfg.scheduler),
-    )
+    module, data, _ = build_relation(cfg, backbone)
     build_trainer(cfg).fit(module, data, ckpt_path=resume)
-    return {k: v.clone() for k, v in encoder.state_dict().items()}
+    return {k: v.clone() for k, v in module.encoder.state_dict().items()}
 
 
 def test_resumed_run_matches_uninterrupted_run(tmp_path, compose_cfg, gpt2):

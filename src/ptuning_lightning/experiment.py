@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ptuning_lightning.backbones import Backbone
-from ptuning_lightning.data.lama import resolve_relations
+from ptuning_lightning.data.lama import LamaDataModule, resolve_relations
 from ptuning_lightning.discrete_prompts import published_template
 from ptuning_lightning.distributed import end_finished_job
 from ptuning_lightning.encoders import FixedPrompt, export_prompt, load_prompt
@@ -98,8 +98,10 @@ def for_relation(cfg: DictConfig, relation: str) -> DictConfig:
     return single
 
 
-def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
-    relation = cfg.task.relation
+def build_relation(
+    cfg: DictConfig, backbone: Backbone
+) -> tuple[PromptModule, LamaDataModule, bool]:
+    """The module and data of one relation (seeded), and whether the prompt trains."""
     L.seed_everything(cfg.seed, workers=True)
     encoder, template = build_prompt(cfg, backbone)
     data = instantiate(
@@ -117,6 +119,12 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
         scheduler=instantiate(cfg.scheduler) if trainable and cfg.get("scheduler") else None,
         loss_over=cfg.prompt.get("loss_over", "vocab"),
     )
+    return module, data, trainable
+
+
+def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
+    relation = cfg.task.relation
+    module, data, trainable = build_relation(cfg, backbone)
     trainer = build_trainer(cfg)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -135,7 +143,7 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
         if trainer.is_global_zero:  # trainer=ddp: every rank runs this, one writes
             with torch.no_grad():
                 prompt = module.eval().prompt()
-                export_prompt(out / "prompt.pt", prompt, template or "", backbone.name)
+                export_prompt(out / "prompt.pt", prompt, data.template_source, backbone.name)
     else:
         dev = trainer.validate(module, data, verbose=False)[0]
         result["dev_p1"], result["dev_n"] = dev["dev/P@1"], int(dev["dev/n"])
