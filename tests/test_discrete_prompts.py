@@ -117,7 +117,7 @@ def test_discrete_prompt_is_evaluated_not_trained(tmp_path, compose_cfg):
     ]
     run(compose_cfg("train", tmp_path, overrides))
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["method"] == "discrete"
+    assert results["method"] == "lpaqa_mine"
     relation = results["relations"]["P1376"]
     assert relation["template"] == "[X] is the county seat of [Y] ."
     assert "epochs" not in relation

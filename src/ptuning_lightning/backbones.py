@@ -9,6 +9,7 @@ position per example instead of every position.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import os
@@ -32,9 +33,12 @@ AUTO_CLASSES = {"causal": AutoModelForCausalLM, "masked": AutoModelForMaskedLM}
 
 
 class Backbone(nn.Module):
-    """A frozen LM split into body and head. Always in eval mode (dropout off)."""
+    """An LM split into body and head. Frozen and always in eval mode (dropout off), except
+    for the fine-tuning baselines, which train a copy (``trainable_copy``)."""
 
-    def __init__(self, model: nn.Module, tokenizer, kind: str, name: str) -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer, kind: str, name: str, trainable: bool = False
+    ) -> None:
         super().__init__()
         if kind not in AUTO_CLASSES:
             raise ValueError(f"backbone.kind must be one of {list(AUTO_CLASSES)}, got {kind!r}")
@@ -43,12 +47,18 @@ class Backbone(nn.Module):
             raise ValueError(f"{name}: expected the model to be a body plus one head module")
         self.model, self.tokenizer, self.kind, self.name = model, tokenizer, kind, name
         self.body, self.head = model.base_model, heads[0]
-        model.requires_grad_(False)
+        self.trainable = trainable
+        model.requires_grad_(trainable)
         super().train(False)
 
     def train(self, mode: bool = True) -> Backbone:
         """Frozen: stays in eval mode whatever the trainer asks."""
-        return super().train(False)
+        return super().train(mode and self.trainable)
+
+    def trainable_copy(self) -> Backbone:
+        """A copy whose weights train (FT, MP+FT, P-Tuning+FT): every run starts from the
+        pretrained weights, which stay untouched here for the job's next relation."""
+        return Backbone(copy.deepcopy(self.model), self.tokenizer, self.kind, self.name, True)
 
     @property
     def hidden_size(self) -> int:

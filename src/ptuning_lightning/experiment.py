@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptuning_lightning.backbones import Backbone
 from ptuning_lightning.data.lama import LamaDataModule, resolve_relations
-from ptuning_lightning.discrete_prompts import published_template
+from ptuning_lightning.discrete_prompts import published_templates
 from ptuning_lightning.distributed import end_finished_job
 from ptuning_lightning.encoders import FixedPrompt, export_prompt, load_prompt
 from ptuning_lightning.module import PromptModule
@@ -101,16 +101,26 @@ def for_relation(cfg: DictConfig, relation: str) -> DictConfig:
 def build_relation(
     cfg: DictConfig, backbone: Backbone
 ) -> tuple[PromptModule, LamaDataModule, bool]:
-    """The module and data of one relation (seeded), and whether the prompt trains."""
+    """The module and data of one relation (seeded), and whether it trains. With
+    ``prompt.finetune`` the relation gets its own trainable copy of the backbone."""
     L.seed_everything(cfg.seed, workers=True)
-    encoder, template = build_prompt(cfg, backbone)
+    finetune = cfg.prompt.get("finetune", False)
+    if finetune:
+        backbone = backbone.trainable_copy()
+    encoder, template, weights = build_prompt(cfg, backbone)
     data = instantiate(
-        cfg.task, tokenizer=backbone.tokenizer, model_kind=backbone.kind, template=template
+        cfg.task,
+        tokenizer=backbone.tokenizer,
+        model_kind=backbone.kind,
+        template=template,
+        template_weights=weights,
     )
     data.setup()
     if encoder is None and data.template.n_prompt:
         encoder = build_encoder(cfg.encoder, data.template.n_prompt, backbone)
-    trainable = encoder is not None and any(p.requires_grad for p in encoder.parameters())
+    trainable = finetune or (
+        encoder is not None and any(p.requires_grad for p in encoder.parameters())
+    )
     module = PromptModule(
         backbone,
         data.candidate_ids,
@@ -118,6 +128,8 @@ def build_relation(
         optimizer=instantiate(cfg.optimizer) if trainable else None,
         scheduler=instantiate(cfg.scheduler) if trainable and cfg.get("scheduler") else None,
         loss_over=cfg.prompt.get("loss_over", "vocab"),
+        backbone_lr=cfg.prompt.get("backbone_lr"),
+        template_weights=data.template_weights,
     )
     return module, data, trainable
 
@@ -140,7 +152,9 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
         started = time.perf_counter()
         test = trainer.test(module, data, ckpt_path="best", verbose=False)
         out = Path(cfg.paths.output_dir) / relation
-        if trainer.is_global_zero:  # trainer=ddp: every rank runs this, one writes
+        # trainer=ddp: every rank runs this, one writes. A prompt trained with its backbone
+        # is only meaningful with that backbone: the checkpoint holds both.
+        if trainer.is_global_zero and not module.backbone.trainable:
             with torch.no_grad():
                 prompt = module.eval().prompt()
                 export_prompt(out / "prompt.pt", prompt, data.template_source, backbone.name)
@@ -156,21 +170,26 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
     return result
 
 
-def build_prompt(cfg: DictConfig, backbone: Backbone) -> tuple[FixedPrompt | None, str | None]:
-    """An exported prompt (embeddings and template from its file), a published discrete one
-    (``prompt=discrete``), or just the configured template (None: the task's manual one);
-    trainable encoders are built once the template's number of pseudo tokens is known."""
+def build_prompt(
+    cfg: DictConfig, backbone: Backbone
+) -> tuple[FixedPrompt | None, str | list[str] | None, list[float] | None]:
+    """(encoder, template, ensemble weights): an exported prompt (embeddings and template
+    from its file), a published discrete one (``prompt=discrete``; ``prompt.top_k`` > 1 is an
+    LPAQA ensemble: a list of templates and their weights), or just the configured template
+    (None: the task's manual one). Trainable encoders are built once the template's number of
+    pseudo tokens is known."""
     if cfg.prompt.name == "discrete":
         causal = backbone.kind == "causal"
-        source, root = cfg.prompt.source, cfg.task.data_root
-        return None, published_template(root, source, cfg.task.relation, causal)
+        source, root, k = cfg.prompt.source, cfg.task.data_root, cfg.prompt.get("top_k", 1)
+        templates, weights = published_templates(root, source, cfg.task.relation, causal, k)
+        return (None, templates, weights) if k > 1 else (None, templates[0], None)
     if cfg.prompt.name != "exported":
-        return None, cfg.prompt.template
+        return None, cfg.prompt.template, None
     path = Path(cfg.prompt.path)
     if path.is_dir():
         path = path / cfg.task.relation / "prompt.pt"
     embeddings, template = load_prompt(path, backbone.name)
-    return FixedPrompt(embeddings), template
+    return FixedPrompt(embeddings), template, None
 
 
 def build_encoder(cfg: DictConfig, n_tokens: int, backbone: Backbone) -> torch.nn.Module:

@@ -3,7 +3,8 @@
 Data flow of one step: token embeddings of the batch -> pseudo-token positions overwritten by
 the encoder's output (computed once per step) -> the frozen body -> the head at the answer
 position only -> cross-entropy of the gold object (training) or the argmax over the candidate
-words (P@1). Only the encoder's parameters are given to the optimizer and saved in checkpoints.
+words (P@1). Only trainable parameters are given to the optimizer and saved in checkpoints:
+the encoder's, plus the backbone's in the fine-tuning baselines (``prompt.finetune``).
 """
 
 from __future__ import annotations
@@ -31,17 +32,29 @@ class PromptModule(LightningModule):
         optimizer: Callable | None = None,
         scheduler: Callable | None = None,
         loss_over: str = "vocab",
+        backbone_lr: float | None = None,
+        template_weights: list[float] | None = None,
     ) -> None:
         """``encoder=None`` is a prompt without pseudo tokens (a manual or discrete template);
         ``loss_over`` is ``vocab`` (the paper: softmax over the whole vocabulary) or
-        ``candidates`` (softmax over the candidate words only)."""
+        ``candidates`` (softmax over the candidate words only); ``backbone_lr`` is the
+        learning rate of a trainable backbone (the fine-tuning baselines), whose parameters
+        form the optimizer's second group; ``template_weights`` (k,) make each example's k
+        consecutive rows a template ensemble (evaluation only, see ``LamaDataModule``)."""
         super().__init__()
         if loss_over not in LOSS_OVER:
             raise ValueError(f"prompt.loss_over must be one of {LOSS_OVER}, got {loss_over!r}")
         self.backbone, self.encoder = backbone, encoder
         self.register_buffer("candidate_ids", candidate_ids, persistent=False)
+        if template_weights is not None:
+            if optimizer is not None:
+                raise ValueError("a template ensemble is evaluation only: it has no training")
+            weights = torch.tensor(template_weights, dtype=torch.float32)
+            self.register_buffer("template_weights", weights, persistent=False)
+        else:
+            self.template_weights = None
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.loss_over = loss_over
+        self.loss_over, self.backbone_lr = loss_over, backbone_lr
         self.dev_p1, self.test_p1 = PrecisionAtOne(), PrecisionAtOne()
         self.dev_n, self.test_n = ExampleCount(), ExampleCount()  # results.json: dev_n, test_n
         self.strict_loading = False  # checkpoints hold the trainable state only
@@ -95,6 +108,8 @@ class PromptModule(LightningModule):
     ) -> torch.Tensor:
         """Logs ``<split>/P@1`` and ``<split>/n`` (examples scored, padding copies left out)."""
         scores = self.scores(batch, self.prompt(), candidates=True)
+        if self.template_weights is not None:
+            scores = self.ensemble(scores)
         size = batch["target_index"].numel()
         for metric in (p1, n):
             metric.update(scores, batch["target_index"], batch.get("padding"))
@@ -102,11 +117,30 @@ class PromptModule(LightningModule):
         self.log(f"{split}/n", n, batch_size=size)
         return scores
 
+    def ensemble(self, scores: torch.Tensor) -> torch.Tensor:
+        """(B * k, C) scores of k templates per example -> (B, C): the log of the weighted
+        mean of the k candidate distributions (LPAQA's ensemble)."""
+        k = self.template_weights.numel()
+        probs = scores.softmax(-1).view(-1, k, scores.size(-1))
+        return torch.einsum("bkc,k->bc", probs, self.template_weights).log()
+
+    def parameter_groups(self) -> list[dict]:
+        """The prompt's parameters (the optimizer's learning rate) and, when the backbone
+        trains, the backbone's (``backbone_lr``); empty groups are left out."""
+        prompt = [p for p in self.encoder.parameters() if p.requires_grad] if self.encoder else []
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        groups = [{"params": prompt}] if prompt else []
+        if backbone:
+            if self.backbone_lr is None:
+                raise ValueError("the backbone trains, so prompt.backbone_lr must be set")
+            groups.append({"params": backbone, "lr": self.backbone_lr})
+        return groups
+
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        if self.optimizer_factory is None or not params:
+        groups = self.parameter_groups()
+        if self.optimizer_factory is None or not groups:
             raise RuntimeError("this prompt has nothing to train (use evaluation instead)")
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.optimizer_factory(groups)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
@@ -116,7 +150,8 @@ class PromptModule(LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep only trainable tensors: kilobytes, not the frozen backbone's gigabytes."""
+        """Keep only trainable tensors: kilobytes, not the frozen backbone's gigabytes (a
+        fine-tuned backbone trains, so its checkpoints do hold it)."""
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if k in trainable

@@ -26,7 +26,7 @@ def summarize(cfg: DictConfig, per_relation: dict[str, dict], seconds: float) ->
     }
     return {
         "status": "done",  # a failed job's results.json says "failed" (sweeps.failure)
-        "method": cfg.prompt.name,
+        "method": method_name(cfg.prompt),
         "backbone": cfg.backbone.name,
         "encoder": cfg.encoder._target_.rsplit(".", 1)[-1] if "encoder" in cfg else None,
         "seed": cfg.seed,
@@ -42,6 +42,15 @@ def summarize(cfg: DictConfig, per_relation: dict[str, dict], seconds: float) ->
             "python": platform.python_version(),
         },
     }
+
+
+def method_name(prompt: DictConfig) -> str:
+    """A run's row in the tables: the prompt config's name; for published discrete prompts
+    the source (``lpaqa_mine``), with ``_top<k>`` for an ensemble."""
+    if prompt.name != "discrete":
+        return prompt.name
+    k = prompt.get("top_k", 1)
+    return f"{prompt.source}_top{k}" if k > 1 else prompt.source
 
 
 @rank_zero_only  # trainer=ddp: every rank runs the job, rank zero writes its files

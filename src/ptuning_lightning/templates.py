@@ -118,6 +118,14 @@ class Encoded:
     answer_position: int  # where the answer is read out
     truncated: bool = False
 
+    def fields(self) -> dict:
+        """What a batch needs of it (``batching.collate`` pads these)."""
+        return {
+            "input_ids": self.input_ids,
+            "prompt_index": self.prompt_index,
+            "answer_position": self.answer_position,
+        }
+
 
 @dataclass
 class TemplateTokenizer:

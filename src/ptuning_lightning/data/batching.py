@@ -9,22 +9,28 @@ from torch.utils.data import Dataset, DistributedSampler
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example in the batch; ``prompt_index`` pads with -1."""
-    longest = max(len(e["input_ids"]) for e in examples)
+    """Right-pad to the longest example in the batch; ``prompt_index`` pads with -1.
+
+    An example with ``views`` (one encoding per template of an ensemble) gives one model row
+    per view, example-major: B examples with k views make B * k rows of ``input_ids``,
+    ``prompt_index``, ``attention_mask`` and ``answer_position``; the other fields stay B."""
+    rows = [view for e in examples for view in e.get("views", [e])]
+    longest = max(len(r["input_ids"]) for r in rows)
 
     def padded(key: str, value: int) -> torch.Tensor:
-        return torch.tensor([e[key] + [value] * (longest - len(e[key])) for e in examples])
+        return torch.tensor([r[key] + [value] * (longest - len(r[key])) for r in rows])
 
     batch = {
         "input_ids": padded("input_ids", pad_id),
         "prompt_index": padded("prompt_index", -1),
         "attention_mask": torch.tensor(
-            [[1] * len(e["input_ids"]) + [0] * (longest - len(e["input_ids"])) for e in examples]
+            [[1] * len(r["input_ids"]) + [0] * (longest - len(r["input_ids"])) for r in rows]
         ),
     }
     for key in examples[0]:
         if key not in batch and isinstance(examples[0][key], int):
-            batch[key] = torch.tensor([e[key] for e in examples])
+            source = rows if key == "answer_position" else examples  # per row or per example
+            batch[key] = torch.tensor([e[key] for e in source])
     return batch
 
 

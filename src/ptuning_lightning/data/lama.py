@@ -80,7 +80,8 @@ class LamaDataModule(LightningDataModule):
         relation: str,
         tokenizer,
         model_kind: str,
-        template: str | None = None,
+        template: str | list[str] | None = None,
+        template_weights: list[float] | None = None,
         vocab: str = "29k",
         vocab_key: str = "bert-base-cased",
         batch_size: int = 8,
@@ -89,14 +90,29 @@ class LamaDataModule(LightningDataModule):
         num_workers: int = 0,
         seed: int = 34,
     ) -> None:
-        """``template=None`` uses the relation's manual template from ``relations.jsonl``."""
+        """``template=None`` uses the relation's manual template from ``relations.jsonl``. A
+        list of templates is an ensemble (evaluation only): every fact is encoded with each
+        (its ``views``) and the module averages their probabilities with ``template_weights``;
+        the first template decides the answer slot's spacing, which all must share."""
         super().__init__()
         self.data_root = Path(data_root)
         self.relation = resolve_relations(relation, data_root)[0]
-        self.template_source = template or manual_templates(str(data_root))[self.relation]
-        template = Template.parse(self.template_source)
-        self.encoder = TemplateTokenizer(template, tokenizer, model_kind, max_length)
+        templates = [template] if template is None or isinstance(template, str) else template
+        templates = [t or manual_templates(str(data_root))[self.relation] for t in templates]
+        self.template_source = templates[0]
+        self.encoders = [
+            TemplateTokenizer(Template.parse(t), tokenizer, model_kind, max_length)
+            for t in templates
+        ]
+        self.encoder = self.encoders[0]
         self.template = self.encoder.template  # as the model sees it (causal: nothing after [Y])
+        self.template_weights = _ensemble_weights(templates, template_weights)
+        for other in self.encoders[1:]:
+            if other.template.answer_space != self.template.answer_space:
+                raise DataError(
+                    f"prompt ensemble: {other.template.source!r} spaces its answer slot unlike "
+                    f"{self.template_source!r}, so their answer tokens differ"
+                )
         self.vocab, self.vocab_key = vocab, vocab_key
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.seed = num_workers, seed
@@ -131,12 +147,11 @@ class LamaDataModule(LightningDataModule):
             answer = self.encoder.answer_ids(fact["obj"])
             if len(answer) != 1 or answer[0] not in candidates:
                 continue
-            encoded = self.encoder.encode({"X": fact["sub"]})
+            views = [e.encode({"X": fact["sub"]}).fields() for e in self.encoders]
             examples.append(
                 {
-                    "input_ids": encoded.input_ids,
-                    "prompt_index": encoded.prompt_index,
-                    "answer_position": encoded.answer_position,
+                    **views[0],
+                    **({"views": views} if len(views) > 1 else {}),
                     "target_token": answer[0],
                     "target_index": candidates[answer[0]],
                     "index": len(examples),
@@ -196,3 +211,16 @@ class LamaDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def _ensemble_weights(templates: list[str], weights: list[float] | None) -> list[float] | None:
+    """Weights normalised to sum to one (None: a single template)."""
+    if len(templates) == 1:
+        return None
+    weights = list(weights) if weights is not None else [1.0] * len(templates)
+    if len(weights) != len(templates) or min(weights) < 0 or sum(weights) <= 0:
+        raise DataError(
+            f"prompt ensemble: {len(templates)} templates need as many non-negative weights "
+            f"with a positive sum, got {weights}"
+        )
+    return [w / sum(weights) for w in weights]
