@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ptuning_lightning.backbones import Backbone
-from ptuning_lightning.data.lama import LamaDataModule, resolve_relations
+from ptuning_lightning.data.lama import LamaDataModule, manual_templates, resolve_relations
 from ptuning_lightning.discrete_prompts import published_templates
 from ptuning_lightning.distributed import end_finished_job
 from ptuning_lightning.encoders import FixedPrompt, export_prompt, load_prompt
@@ -33,6 +33,7 @@ from ptuning_lightning.sweeps import (
     last_checkpoint,
     record_status,
 )
+from ptuning_lightning.templates import fill_relation, relation_words
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]  # the repository: conf/ and data/ live there
@@ -117,7 +118,8 @@ def build_relation(
     )
     data.setup()
     if encoder is None and data.template.n_prompt:
-        encoder = build_encoder(cfg.encoder, data.template.n_prompt, backbone)
+        n_prompt, manual = data.template.n_prompt, manual_template(cfg)
+        encoder = build_encoder(cfg.encoder, n_prompt, backbone, manual)
     trainable = finetune or (
         encoder is not None and any(p.requires_grad for p in encoder.parameters())
     )
@@ -184,7 +186,8 @@ def build_prompt(
         templates, weights = published_templates(root, source, cfg.task.relation, causal, k)
         return (None, templates, weights) if k > 1 else (None, templates[0], None)
     if cfg.prompt.name != "exported":
-        return None, cfg.prompt.template, None
+        template = cfg.prompt.template
+        return None, template and fill_relation(template, manual_template(cfg)), None
     path = Path(cfg.prompt.path)
     if path.is_dir():
         path = path / cfg.task.relation / "prompt.pt"
@@ -192,10 +195,22 @@ def build_prompt(
     return FixedPrompt(embeddings), template, None
 
 
-def build_encoder(cfg: DictConfig, n_tokens: int, backbone: Backbone) -> torch.nn.Module:
-    """Instantiate ``encoder/*`` for ``n_tokens`` pseudo tokens of this backbone."""
+def manual_template(cfg: DictConfig) -> str:
+    """The manual template of the job's relation (``relations.jsonl``)."""
+    return manual_templates(str(cfg.task.data_root))[cfg.task.relation]
+
+
+def build_encoder(
+    cfg: DictConfig, n_tokens: int, backbone: Backbone, manual: str | None = None
+) -> torch.nn.Module:
+    """Instantiate ``encoder/*`` for ``n_tokens`` pseudo tokens of this backbone.
+    ``init_words: manual`` starts them from the relation words of ``manual``."""
     options = OmegaConf.to_container(cfg, resolve=True)
     words = options.pop("init_words", None)
+    if words == "manual":
+        if manual is None:
+            raise ValueError("encoder.init_words=manual needs the relation's manual template")
+        words = relation_words(manual).split()
     vectors = None
     if words:
         vectors = backbone.word_vectors([words[i % len(words)] for i in range(n_tokens)])

@@ -99,6 +99,28 @@ class Template:
         return Template(self.source, self.parts[: end + 1], self.slots)
 
 
+def relation_words(source: str) -> str:
+    """The literal text between a template's input slot and its answer slot, e.g. "was born
+    in" for "[X] was born in [Y] .": what a mixed template keeps of a manual one."""
+    template = Template.parse(source)
+    kinds = [p.kind for p in template.parts]
+    start, end = sorted((kinds.index("slot"), kinds.index("answer")))
+    words = " ".join(p.value for p in template.parts[start + 1 : end] if p.kind == "text")
+    if not words:
+        raise TemplateError(f"template {source!r} has no words between its input and [Y]")
+    return words
+
+
+def fill_relation(template: str, manual: str) -> str:
+    """A mixed template for one relation: ``{manual}`` becomes the relation's manual template,
+    ``{relation}`` its relation words (``relation_words``); other templates stay as they are."""
+    if "{manual}" in template:
+        template = template.replace("{manual}", manual)
+    if "{relation}" in template:
+        template = template.replace("{relation}", relation_words(manual))
+    return template
+
+
 def _add_text(parts: list[Part], text: str) -> bool:
     """Append literal text; returns whether the next part follows whitespace."""
     stripped = text.strip()

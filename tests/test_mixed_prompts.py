@@ -1,0 +1,47 @@
+"""Mixed templates: pseudo tokens around the manual template's words, optionally started
+from those words' embeddings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ptuning_lightning.experiment import build_encoder, build_relation
+from ptuning_lightning.templates import TemplateError, fill_relation, relation_words
+
+MIXED = ["backbone=tiny-gpt2", "prompt=mixed", "task.relation=P1376"]
+
+
+def test_relation_words_sit_between_input_and_answer():
+    assert relation_words("[X] was born in [Y] .") == "was born in"
+    assert relation_words("The official language of [X] is [Y] .") == "is"
+    assert relation_words("[Y] is the capital of [X] .") == "is the capital of"
+    with pytest.raises(TemplateError, match="no words between"):
+        relation_words("[X] [Y] .")
+
+
+def test_fill_relation_places_the_manual_words():
+    manual = "[X] was born in [Y] ."
+    assert fill_relation("[P*3] [X] {relation} [P*3] [Y]", manual) == (
+        "[P*3] [X] was born in [P*3] [Y]"
+    )
+    assert fill_relation("[P*2] {manual}", manual) == "[P*2] [X] was born in [Y] ."
+    assert fill_relation("[P] [X] [P] [Y]", manual) == "[P] [X] [P] [Y]"
+
+
+def test_mixed_prompt_starts_from_the_manual_words(tmp_path, compose_cfg, gpt2):
+    """P1376's manual template is "[X] is the capital of [Y] .": its four relation words,
+    cycled, start the six pseudo tokens."""
+    cfg = compose_cfg("train", tmp_path, [*MIXED, "encoder=none", "encoder.init_words=manual"])
+    module, data, trainable = build_relation(cfg, gpt2)
+    assert data.template_source == "[P*3] [X] is the capital of [P*3] [Y]"
+    assert trainable and data.template.n_prompt == 6
+    words = ["is", "the", "capital", "of", "is", "the"]
+    expected = gpt2.word_vectors(words)
+    torch.testing.assert_close(module.prompt().detach(), expected)
+
+
+def test_manual_init_without_relation_words_names_the_template(tmp_path, compose_cfg, gpt2):
+    cfg = compose_cfg("train", tmp_path, [*MIXED, "encoder.init_words=manual"])
+    with pytest.raises(TemplateError, match=r"'\[X\] \[Y\] \.' has no words between"):
+        build_encoder(cfg.encoder, 3, gpt2, manual="[X] [Y] .")
