@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,12 @@ QUIET = [
     "+trainer.enable_progress_bar=false",
     "+trainer.enable_model_summary=false",
 ]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Write a JSONL data file (creating its folder), for tests that make their own data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def tiny_backbone(name: str, kind: str) -> Backbone:

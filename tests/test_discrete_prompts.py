@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import write_jsonl
 
 from ptuning_lightning.data.jsonl import DataError
 from ptuning_lightning.data.lama import lama_relations
@@ -57,11 +57,6 @@ def test_autoprompt_template_with_text_glued_to_slots():
         ("answer", "", False),
         ("text", ".", False),
     ]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def test_lpaqa_picks_the_top_weighted_template(tmp_path):

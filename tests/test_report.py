@@ -191,3 +191,32 @@ def test_notebook_runs_on_a_sweep(sweep: Path, monkeypatch):
     assert "5 runs, 2 missing or failed jobs" in text
     assert "65.0 ± 7.1" in text and "| missing |" in text
     assert sum("image/png" in d for d in data) == 2
+
+
+def test_methods_side_by_side_in_the_papers_order(tmp_path):
+    """One row per backbone, the paper's methods as columns in its order (MP, LPAQA,
+    AutoPrompt, FT, MP+FT, P-Tuning), whatever order the jobs ran in."""
+    scores = {
+        "ptuning": 0.6,
+        "manual_finetune": 0.5,
+        "finetune": 0.4,
+        "autoprompt": 0.3,
+        "lpaqa_mine_top5": 0.25,
+        "lpaqa_mine": 0.2,
+        "manual": 0.1,
+    }
+    for i, (method, p1) in enumerate(scores.items()):
+        write_job(tmp_path / str(i), [f"prompt={method}"], result(method, "lstm", 1, {"P19": p1}))
+    runs, _ = report.load_runs([tmp_path])
+    header, rows = report.side_by_side(report.tables(runs))
+    assert header == [
+        "backbone",
+        "MP",
+        "LPAQA",
+        "LPAQA top-5",
+        "AutoPrompt (searched)",
+        "FT",
+        "MP+FT",
+        "P-Tuning",
+    ]
+    assert rows == [["tiny-gpt2", "10.0", "20.0", "25.0", "30.0", "40.0", "50.0", "60.0"]]

@@ -202,7 +202,11 @@ def compose_hydra(*overrides: str):
 @pytest.mark.parametrize(
     ("experiment", "key", "values"),
     [
-        ("lama_table", "prompt", "manual,ptuning"),
+        (
+            "lama_table",
+            "prompt",
+            "manual,lpaqa,autoprompt_published,autoprompt,finetune,manual_finetune,ptuning",
+        ),
         ("encoder_ablation", "encoder", "lstm,mlp,none"),
         (
             "template_ablation",

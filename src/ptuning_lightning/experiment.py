@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from ptuning_lightning.autoprompt import AutoPromptModule
 from ptuning_lightning.backbones import Backbone
 from ptuning_lightning.data.lama import LamaDataModule, manual_templates, resolve_relations
 from ptuning_lightning.discrete_prompts import published_templates
@@ -103,7 +104,8 @@ def build_relation(
     cfg: DictConfig, backbone: Backbone
 ) -> tuple[PromptModule, LamaDataModule, bool]:
     """The module and data of one relation (seeded), and whether it trains. With
-    ``prompt.finetune`` the relation gets its own trainable copy of the backbone."""
+    ``prompt.finetune`` the relation gets its own trainable copy of the backbone;
+    ``prompt=autoprompt`` searches trigger tokens instead of training an encoder."""
     L.seed_everything(cfg.seed, workers=True)
     finetune = cfg.prompt.get("finetune", False)
     if finetune:
@@ -115,8 +117,15 @@ def build_relation(
         model_kind=backbone.kind,
         template=template,
         template_weights=weights,
+        batch_size=cfg.prompt.get("batch_size") or cfg.task.batch_size,
     )
     data.setup()
+    if cfg.prompt.name == "autoprompt":
+        options = {k: cfg.prompt[k] for k in ("candidates", "init_token", "loss_over")}
+        module = AutoPromptModule(
+            backbone, data.candidate_ids, data.template, seed=cfg.seed, **options
+        )
+        return module, data, True
     if encoder is None and data.template.n_prompt:
         n_prompt, manual = data.template.n_prompt, manual_template(cfg)
         encoder = build_encoder(cfg.encoder, n_prompt, backbone, manual)
@@ -158,8 +167,8 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
         # is only meaningful with that backbone: the checkpoint holds both.
         if trainer.is_global_zero and not module.backbone.trainable:
             with torch.no_grad():
-                prompt = module.eval().prompt()
-                export_prompt(out / "prompt.pt", prompt, data.template_source, backbone.name)
+                prompt, result["template"] = module.eval().exported(data.template_source)
+                export_prompt(out / "prompt.pt", prompt, result["template"], backbone.name)
     else:
         dev = trainer.validate(module, data, verbose=False)[0]
         result["dev_p1"], result["dev_n"] = dev["dev/P@1"], int(dev["dev/n"])
@@ -228,4 +237,5 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     end_finished_job()  # trainer=ddp in a multirun: the previous job's ranks are done
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    schedule = cfg.prompt.get("trainer") or {}  # a prompt's own schedule (prompt=autoprompt)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **schedule)

@@ -88,12 +88,18 @@ class PromptModule(LightningModule):
             self.candidate_ids if candidates else None,
         )
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def loss(
+        self, batch: dict[str, torch.Tensor], prompt: torch.Tensor, reduction: str = "mean"
+    ) -> torch.Tensor:
+        """Cross-entropy of the gold object, over the vocabulary or the candidates."""
         on_candidates = self.loss_over == "candidates"
-        logits = self.scores(batch, self.prompt(), candidates=on_candidates)
+        logits = self.scores(batch, prompt, candidates=on_candidates)
         target = batch["target_index"] if on_candidates else batch["target_token"]
-        loss = F.cross_entropy(logits, target)
-        self.log("train/loss", loss, prog_bar=True, batch_size=target.numel())
+        return F.cross_entropy(logits, target, reduction=reduction)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch, self.prompt())
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["target_index"].numel())
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -149,10 +155,18 @@ class PromptModule(LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
 
+    def learned_state(self) -> set[str]:
+        """State-dict names of what training changes: the trainable parameters."""
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep only trainable tensors: kilobytes, not the frozen backbone's gigabytes (a
+        """Keep only the learned state: kilobytes, not the frozen backbone's gigabytes (a
         fine-tuned backbone trains, so its checkpoints do hold it)."""
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        learned = self.learned_state()
         checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if k in trainable
+            k: v for k, v in checkpoint["state_dict"].items() if k in learned
         }
+
+    def exported(self, template: str) -> tuple[torch.Tensor, str]:
+        """What ``prompt.pt`` stores of the trained prompt: its embeddings and template."""
+        return self.prompt(), template

@@ -32,6 +32,21 @@ RELATIONS_PNG = "per_relation.png"
 ENCODERS_PNG = "encoders.png"
 # Encoder class name (results.json "encoder") -> its conf/encoder/ name.
 ENCODER_NAMES = {"LSTMPromptEncoder": "lstm", "MLPPromptEncoder": "mlp", "PromptEncoder": "none"}
+# Method (results.json "method") -> the paper's row name, in the paper's order; other methods
+# follow in alphabetical order under their own names.
+PAPER_METHODS = {
+    "manual": "MP",
+    "lpaqa_mine": "LPAQA",
+    "lpaqa_paraphrase": "LPAQA (paraphrased)",
+    "autoprompt_bert": "AutoPrompt (BERT's)",
+    "autoprompt_roberta": "AutoPrompt (RoBERTa's)",
+    "autoprompt": "AutoPrompt (searched)",
+    "finetune": "FT",
+    "manual_finetune": "MP+FT",
+    "mixed": "P-Tuning (mixed)",
+    "ptuning": "P-Tuning",
+    "ptuning_finetune": "P-Tuning+FT",
+}
 # PNG metadata: matplotlib's version string would differ between installs; PNGs carry no date.
 PNG_METADATA = {"Software": None}
 
@@ -179,7 +194,23 @@ def tables(runs: list[dict]) -> Tables:
         key = RowKey(run["backbone"], run["method"], encoder)
         rows.setdefault(key, Row(key)).runs.append(run)
     relations = sorted({rel for row in rows.values() for rel in row.relations}, key=natural)
-    return Tables(relations, [rows[key] for key in sorted(rows)], by_encoder)
+    order = sorted(rows, key=lambda k: (k.backbone, method_order(k.method), k.encoder))
+    return Tables(relations, [rows[key] for key in order], by_encoder)
+
+
+def method_order(method: str) -> tuple[int, str]:
+    """Sort key: the paper's rows first, in its order (an ensemble after its source)."""
+    base = re.sub(r"_top\d+$", "", method)
+    order = list(PAPER_METHODS)
+    return (order.index(base) if base in order else len(order), method)
+
+
+def method_label(method: str) -> str:
+    """The paper's name of a method ("MP", "LPAQA top-5"), or the method itself."""
+    match = re.fullmatch(r"(.+)_top(\d+)", method)
+    if match and match.group(1) in PAPER_METHODS:
+        return f"{PAPER_METHODS[match.group(1)]} top-{match.group(2)}"
+    return PAPER_METHODS.get(method, method)
 
 
 def natural(text: str) -> list:
@@ -268,8 +299,27 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def side_by_side(t: Tables) -> tuple[list[str], list[list[str]]]:
+    """The paper's shape: one row per backbone, one column per method (macro test P@1, %)."""
+    columns = list(dict.fromkeys(row.key.label() for row in t.rows))
+    cells: dict[tuple[str, str], str] = {
+        (row.key.backbone, row.key.label()): plus_minus(*row.macro()) for row in t.rows
+    }
+    backbones = list(dict.fromkeys(row.key.backbone for row in t.rows))
+    header = ["backbone", *(method_label_of(c) for c in columns)]
+    rows = [[b, *(cells.get((b, c), "—") for c in columns)] for b in backbones]
+    return header, rows
+
+
+def method_label_of(label: str) -> str:
+    """A row label ("manual", "ptuning (lstm)") under its paper name ("MP", "P-Tuning (lstm)")."""
+    method, _, encoder = label.partition(" (")
+    return method_label(method) + (f" ({encoder}" if encoder else "")
+
+
 def markdown_tables(t: Tables) -> str:
-    """Tables 1 and 2 in Markdown (percent, one decimal; "—": not run)."""
+    """Methods side by side, and Tables 1 and 2, in Markdown (percent, one decimal; "—": not
+    run)."""
     table1 = [
         [*key_cells(t, row.key), plus_minus(*row.macro()), len(row.runs), len(row.relations)]
         for row in t.rows
@@ -283,6 +333,10 @@ def markdown_tables(t: Tables) -> str:
     ]
     return "\n".join(
         [
+            "## Methods side by side: macro test P@1 (%)",
+            "",
+            markdown_table(*side_by_side(t)),
+            "",
             "## Table 1: macro test P@1 (%)",
             "",
             "Mean ± sample std over seeds (no ± with one seed).",

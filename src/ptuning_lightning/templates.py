@@ -99,6 +99,20 @@ class Template:
         return Template(self.source, self.parts[: end + 1], self.slots)
 
 
+def fill_pseudo(source: str, words: list[str]) -> str:
+    """The template with its pseudo tokens replaced, in order, by ``words`` (space-separated
+    within a block): a searched discrete prompt as plain text."""
+    words = iter(words)
+
+    def replace(match: re.Match) -> str:
+        pseudo = _PSEUDO.fullmatch(match.group(1).strip())
+        if not pseudo:
+            return match.group(0)
+        return " ".join(next(words) for _ in range(int(pseudo.group(1) or 1)))
+
+    return _PART.sub(replace, source)
+
+
 def relation_words(source: str) -> str:
     """The literal text between a template's input slot and its answer slot, e.g. "was born
     in" for "[X] was born in [Y] .": what a mixed template keeps of a manual one."""
