@@ -111,6 +111,7 @@ def export_prompt(path: str | Path, embeddings: torch.Tensor, template: str, bac
         "template": template,
         "backbone": backbone,
     }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, path)
 
 

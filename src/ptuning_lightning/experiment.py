@@ -18,10 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from ptuning_lightning.autoprompt import AutoPromptModule
 from ptuning_lightning.backbones import Backbone
 from ptuning_lightning.data.lama import LamaDataModule, manual_templates, resolve_relations
+from ptuning_lightning.data.multi_relation import MultiRelationData
 from ptuning_lightning.discrete_prompts import published_templates
 from ptuning_lightning.distributed import end_finished_job
 from ptuning_lightning.encoders import FixedPrompt, export_prompt, load_prompt
 from ptuning_lightning.module import PromptModule
+from ptuning_lightning.multi_relation import MultiRelationModule
 from ptuning_lightning.results import print_table, summarize, write_results
 from ptuning_lightning.sweeps import (
     RELATION_RESULT,
@@ -75,18 +77,23 @@ def run(cfg: DictConfig) -> float | None:
 def run_relations(cfg: DictConfig, out: Path, started: float) -> dict:
     """Every relation of the job (finished ones read back), then ``results.json``."""
     relations = resolve_relations(cfg.task.relation, cfg.task.data_root)
-    backbone: Backbone | None = None
-    per_relation = {}
+    per_relation, pending = {}, []
     for relation in relations:
         done = finished_relation(out, relation) if cfg.get("resume", True) else None
         if done is not None:
             log.info("%s: finished by an earlier run, read from %s", relation, out / relation)
+            per_relation[relation] = done
         else:
-            if backbone is None:
-                backbone = instantiate(cfg.backbone.load)
-            done = run_relation(for_relation(cfg, relation), backbone)
+            pending.append(relation)
+    backbone = instantiate(cfg.backbone.load) if pending else None
+    if pending and cfg.get("multi_relation", False):
+        for relation, done in run_in_one_pass(cfg, pending, backbone).items():
             write_results(out / relation / RELATION_RESULT, done)
-        per_relation[relation] = done
+            per_relation[relation] = done
+    for relation in [] if cfg.get("multi_relation", False) else pending:
+        per_relation[relation] = run_relation(for_relation(cfg, relation), backbone)
+        write_results(out / relation / RELATION_RESULT, per_relation[relation])
+    per_relation = {relation: per_relation[relation] for relation in relations}
     results = summarize(cfg, per_relation, time.perf_counter() - started)
     write_results(out / RESULTS, results)
     print_table(results)
@@ -179,6 +186,69 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()
     return result
+
+
+def run_in_one_pass(cfg: DictConfig, relations: list[str], backbone: Backbone) -> dict:
+    """``multi_relation: true``: every relation's prompt in one fit over one backbone, with
+    per-relation dev selection and early stopping (``multi_relation.py``); returns each
+    relation's result as ``run_relation`` would."""
+    parts = {
+        relation: build_relation(for_relation(cfg, relation), backbone) for relation in relations
+    }
+    for relation, (module, _, _) in parts.items():
+        if (
+            module.backbone is not backbone
+            or module.template_weights is not None
+            or isinstance(module, AutoPromptModule)
+        ):
+            raise ValueError(
+                f"multi_relation: prompt={cfg.prompt.name} ({relation}) is not supported; one "
+                "pass serves prompts over a frozen backbone (not finetune, autoprompt or ensembles)"
+            )
+    data = MultiRelationData({relation: part for relation, (_, part, _) in parts.items()})
+    data.setup()
+    trainable = any(t for _, _, t in parts.values())
+    stopping = (cfg.get("callbacks") or {}).get("early_stopping") or {}
+    module = MultiRelationModule(
+        backbone,
+        data.candidate_ids,
+        [module.encoder for module, _, _ in parts.values()],
+        data.active,
+        optimizer=instantiate(cfg.optimizer) if trainable else None,
+        scheduler=instantiate(cfg.scheduler) if trainable and cfg.get("scheduler") else None,
+        loss_over=cfg.prompt.get("loss_over", "vocab"),
+        patience=stopping.get("patience", 20),
+    )
+    one_pass = for_relation(cfg, "one_pass")  # its checkpoints: <output_dir>/one_pass/
+    trainer = build_trainer(one_pass)
+    if trainer.world_size > 1:
+        raise ValueError("multi_relation: runs in one process (use trainer=gpu, not ddp)")
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    started = time.perf_counter()
+    if trainable:
+        trainer.fit(module, data, ckpt_path=last_checkpoint(one_pass))
+        module.load_best()
+    else:
+        trainer.validate(module, data, verbose=False)
+    fit_seconds, started = time.perf_counter() - started, time.perf_counter()
+    trainer.test(module, data, verbose=False)
+    results = {}
+    for r, (relation, (_, part, _)) in enumerate(parts.items()):
+        p1, n = module.test_results[r]
+        result = {"template": part.template_source, "filter": part.stats}
+        result |= {"dev_p1": module.best[r], "dev_n": module.dev_count[r]}
+        result |= {"test_p1": p1, "test_n": n}
+        if trainable:
+            stopped = module.stopped_epoch[r]
+            result["epochs"] = trainer.current_epoch if stopped is None else stopped + 1
+            with torch.no_grad():
+                prompt = module.encoder[r].eval()()
+            out = Path(cfg.paths.output_dir) / relation / "prompt.pt"
+            export_prompt(out, prompt, part.template_source, backbone.name)
+        result["one_pass_seconds"] = fit_seconds + time.perf_counter() - started  # all relations
+        results[relation] = result
+    return results
 
 
 def build_prompt(

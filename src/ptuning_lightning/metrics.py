@@ -36,3 +36,28 @@ class ExampleCount(PrecisionAtOne):
 
     def compute(self) -> torch.Tensor:
         return self.total.clone()
+
+
+class RelationPrecisionAtOne(Metric):
+    """P@1 and n per relation (multi-relation mode): sum states of size R, exact under DDP."""
+
+    full_state_update = False
+
+    def __init__(self, n_relations: int) -> None:
+        super().__init__()
+        self.n = n_relations
+        self.add_state(
+            "correct", default=torch.zeros(n_relations, dtype=torch.long), dist_reduce_fx="sum"
+        )
+        self.add_state(
+            "total", default=torch.zeros(n_relations, dtype=torch.long), dist_reduce_fx="sum"
+        )
+
+    def update(self, scores: torch.Tensor, target: torch.Tensor, relation: torch.Tensor) -> None:
+        hit = scores.argmax(dim=-1) == target
+        self.correct += torch.bincount(relation[hit], minlength=self.n)
+        self.total += torch.bincount(relation, minlength=self.n)
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P@1 per relation, n per relation)."""
+        return self.correct.float() / self.total.clamp(min=1), self.total.clone()

@@ -1,0 +1,134 @@
+"""Training (or evaluating) the prompts of many relations in one pass over one backbone.
+
+Each relation keeps its own prompt encoder; a batch mixes relations (``MultiRelationData``)
+and every example gets its relation's prompt. The protocol of separate runs is kept per
+relation: the loss is the sum of per-relation batch means (each encoder gets the gradient of
+its own run; Adam's state is per parameter), dev P@1 after every epoch keeps each relation's
+best prompt, and a relation stops after ``patience`` epochs without improvement, as
+``EarlyStopping`` stops a separate run. ``dev/P@1`` is the macro of the best dev P@1 so far,
+so the usual ModelCheckpoint and EarlyStopping (all relations stalled) still apply.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ptuning_lightning.backbones import Backbone
+from ptuning_lightning.encoders import FixedPrompt
+from ptuning_lightning.metrics import RelationPrecisionAtOne
+from ptuning_lightning.module import PromptModule
+
+
+class MultiRelationModule(PromptModule):
+    def __init__(
+        self,
+        backbone: Backbone,
+        candidate_ids: torch.Tensor,
+        encoders: list[nn.Module | None],
+        active: set[int],
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        loss_over: str = "vocab",
+        patience: int = 20,
+    ) -> None:
+        """``encoders``: one per relation (None: a template without pseudo tokens);
+        ``active``: the relations still training, shared with ``MultiRelationData``."""
+        empty = torch.empty(0, backbone.hidden_size)
+        prompts = nn.ModuleList([e if e is not None else FixedPrompt(empty) for e in encoders])
+        super().__init__(backbone, candidate_ids, prompts, optimizer, scheduler, loss_over)
+        n = len(encoders)
+        with torch.no_grad():
+            self.lengths = [len(p()) for p in prompts]  # pseudo tokens per relation
+        self.active, self.patience = active, patience
+        self.dev_relations, self.test_relations = (RelationPrecisionAtOne(n) for _ in range(2))
+        self.best = [float("-inf")] * n
+        self.waited = [0] * n
+        self.stopped_epoch: list[int | None] = [None] * n
+        self.best_states: list[dict | None] = [None] * n
+        self.dev_count = [0] * n
+
+    def prompt(self, present: torch.Tensor | None = None) -> torch.Tensor:
+        """(R, n_max, H): the relations' prompts, zero-padded to the longest. Only the
+        ``present`` relations' encoders run: the others get no gradient (not a zero one, which
+        Adam's momentum and weight decay would still turn into an update)."""
+        present = set(range(len(self.encoder)) if present is None else present.tolist())
+        longest = max(self.lengths)
+        rows = [
+            p() if r in present else torch.zeros(0, self.backbone.hidden_size, device=self.device)
+            for r, p in enumerate(self.encoder)
+        ]
+        return torch.stack([nn.functional.pad(p, (0, 0, 0, longest - p.size(0))) for p in rows])
+
+    def prompt_rows(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, n_max, H): each example's relation's prompt."""
+        relation = batch["relation"]
+        return self.prompt(relation.unique())[relation]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        relation = batch["relation"]
+        per_example = self.loss(batch, self.prompt_rows(batch), reduction="none")
+        count = torch.bincount(relation, minlength=len(self.encoder))[relation]
+        loss = (per_example / count).sum()  # the sum over relations of each one's batch mean
+        self.log("train/loss", loss, prog_bar=True, batch_size=relation.numel())
+        return loss
+
+    def _relation_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.scores(batch, self.prompt_rows(batch), candidates=True)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        scores = self._relation_scores(batch)
+        self.dev_relations.update(scores, batch["target_index"], batch["relation"])
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        scores = self._relation_scores(batch)
+        self.test_relations.update(scores, batch["target_index"], batch["relation"])
+        return scores
+
+    def on_validation_epoch_end(self) -> None:
+        """Per relation: keep the best prompt, count epochs without improvement, stop."""
+        p1, n = self.dev_relations.compute()
+        self.dev_relations.reset()
+        if self.trainer.sanity_checking:
+            return
+        for r in sorted(self.active):
+            self.dev_count[r] = int(n[r])
+            if p1[r] > self.best[r]:
+                self.best[r], self.waited[r] = float(p1[r]), 0
+                self.best_states[r] = copy.deepcopy(self.encoder[r].state_dict())
+            else:
+                self.waited[r] += 1
+                if self.waited[r] >= self.patience:
+                    self.active.discard(r)
+                    self.stopped_epoch[r] = self.current_epoch
+        self.log("dev/P@1", sum(self.best) / len(self.best), prog_bar=True)
+        if not self.active:
+            self.trainer.should_stop = True
+
+    def on_test_epoch_end(self) -> None:
+        p1, n = self.test_relations.compute()
+        self.test_results = [(float(p), int(k)) for p, k in zip(p1, n, strict=True)]
+        self.test_relations.reset()
+
+    def load_best(self) -> None:
+        """Every relation's prompt as it was at its best dev P@1."""
+        for r, state in enumerate(self.best_states):
+            if state is not None:
+                self.encoder[r].load_state_dict(state)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["multi_relation"] = {
+            key: getattr(self, key)
+            for key in ("best", "waited", "stopped_epoch", "best_states", "dev_count")
+        } | {"active": sorted(self.active)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["multi_relation"]
+        for key in ("best", "waited", "stopped_epoch", "best_states", "dev_count"):
+            setattr(self, key, state[key])
+        self.active.clear()
+        self.active.update(state["active"])
