@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ptuning_lightning.experiment import run
+from ptuning_lightning.multi_relation import MultiRelationModule
 
 RELATIONS = "task.relation=[P1376,P36,P37]"
 
@@ -64,3 +65,32 @@ def test_prompts_with_their_own_backbone_are_refused(tmp_path, compose_cfg):
     overrides = ["backbone=tiny-gpt2", RELATIONS, "prompt=finetune", "multi_relation=true"]
     with pytest.raises(ValueError, match="multi_relation: prompt=finetune .* not supported"):
         run(compose_cfg("train", tmp_path, overrides))
+
+
+def test_interrupted_one_pass_resumes_exactly(tmp_path, compose_cfg, monkeypatch):
+    """One epoch, then the job run again for two (resume: true picks up one_pass/last.ckpt
+    with every relation's best prompt, patience and activity): it trains only the second
+    epoch and ends where two epochs in one go end."""
+    steps = []
+    step = MultiRelationModule.training_step
+    monkeypatch.setattr(
+        MultiRelationModule, "training_step", lambda *a: steps.append(1) or step(*a)
+    )
+    overrides = ["backbone=tiny-gpt2", RELATIONS, "encoder=mlp", "optimizer.lr=0.003"]
+    overrides.append("multi_relation=true")
+    straight = results(tmp_path, compose_cfg, "straight", [*overrides, "trainer.max_epochs=2"])
+    two_epochs = len(steps)
+    results(tmp_path, compose_cfg, "resumed", [*overrides, "trainer.max_epochs=1"])
+    for finished in (tmp_path / "resumed").rglob("result*.json"):
+        finished.unlink()  # as if the job had stopped after its first epoch
+    steps.clear()
+    resumed = results(tmp_path, compose_cfg, "resumed", [*overrides, "trainer.max_epochs=2"])
+    assert 2 * len(steps) == two_epochs  # the second epoch only
+    for relation, expected in straight.items():
+        for key in ("dev_p1", "test_p1", "epochs"):
+            assert resumed[relation][key] == pytest.approx(expected[key]), (relation, key)
+        prompts = [
+            torch.load(tmp_path / way / relation / "prompt.pt")["embeddings"]
+            for way in ("straight", "resumed")
+        ]
+        torch.testing.assert_close(*prompts, atol=1e-6, rtol=0)
