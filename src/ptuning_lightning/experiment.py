@@ -20,6 +20,7 @@ from ptuning_lightning.data.lama import LamaDataModule, resolve_relations
 from ptuning_lightning.discrete_prompts import published_template
 from ptuning_lightning.distributed import end_finished_job
 from ptuning_lightning.encoders import FixedPrompt, export_prompt, load_prompt
+from ptuning_lightning.execution import configure_execution
 from ptuning_lightning.module import PromptModule
 from ptuning_lightning.results import print_table, summarize, write_results
 from ptuning_lightning.sweeps import (
@@ -81,7 +82,7 @@ def run_relations(cfg: DictConfig, out: Path, started: float) -> dict:
             log.info("%s: finished by an earlier run, read from %s", relation, out / relation)
         else:
             if backbone is None:
-                backbone = instantiate(cfg.backbone.load)
+                backbone = load_backbone(cfg)
             done = run_relation(for_relation(cfg, relation), backbone)
             write_results(out / relation / RELATION_RESULT, done)
         per_relation[relation] = done
@@ -89,6 +90,12 @@ def run_relations(cfg: DictConfig, out: Path, started: float) -> dict:
     write_results(out / RESULTS, results)
     print_table(results)
     return results
+
+
+def load_backbone(cfg: DictConfig) -> Backbone:
+    """``backbone.load``, run as ``execution`` says (checkpointing, compile)."""
+    options = cfg.get("execution") or {}
+    return configure_execution(instantiate(cfg.backbone.load), **options)
 
 
 def for_relation(cfg: DictConfig, relation: str) -> DictConfig:
