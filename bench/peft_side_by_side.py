@@ -91,7 +91,7 @@ class Setup:
         self.cfg = compose_train(overrides)
         self.backbone = instantiate(self.cfg.backbone.load)
         self.ours, self.data, _ = build_relation(self.cfg, self.backbone)
-        self.n = self.data.template.n_prompt
+        self.n = args.peft_virtual_tokens or self.data.template.n_prompt  # PEFT's
         self.peft_cfg = compose_train([*overrides, f"prompt.template='[P*{self.n}] [X] [Y]'"])
         _, self.peft_data, _ = build_relation(self.peft_cfg, self.backbone)
         mlp = compose_train([*overrides, "encoder=mlp"])
@@ -138,7 +138,7 @@ def bench_steps(setup: Setup, n_steps: int) -> dict[str, float]:
     def rounds() -> Iterator[dict[str, Batch]]:
         for _ in range(n_steps + WARMUP):
             ours, peft = next(batches["ours"]), next(batches["peft"])
-            assert ours["input_ids"].shape == peft["input_ids"].shape, "batches must match"
+            assert torch.equal(ours["index"], peft["index"]), "the same examples, in order"
             yield dict.fromkeys(("ours", "ours-mlp", "floor"), ours) | {
                 "peft-lstm": peft,
                 "peft-mlp": peft,
@@ -230,6 +230,8 @@ def bench_memory(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 def _passed(args: argparse.Namespace) -> list[str]:
     passed = ["--backbone", args.backbone, "--relation", args.relation, "--dtype", args.dtype]
+    if args.peft_virtual_tokens:
+        passed += ["--peft-virtual-tokens", str(args.peft_virtual_tokens)]
     return passed + [f"--override={o}" for o in args.override]
 
 
@@ -240,21 +242,29 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--peft-eval-batch", type=int, default=8, help="PEFT's eval batch")
+    parser.add_argument(
+        "--peft-virtual-tokens",
+        type=int,
+        help="PEFT's virtual tokens (default: as many as our pseudo tokens, so that both run "
+        "sequences of the same length; 9 is the paper's (3,3,3) count)",
+    )
     parser.add_argument("--p1-epochs", type=int, default=0, help="train both, compare P@1")
     parser.add_argument("--skip", nargs="*", default=[], choices=("epoch", "eval", "memory"))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--override", action="append", default=[], help="a Hydra override")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # memory child process
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows when piped to a file
     torch.set_num_threads(args.threads)
     if args.only:
         return memory_child(args)
 
     setup = Setup(args)
-    shape = tuple(next(setup.batches()["ours"])["input_ids"].shape)
+    first = {k: next(v)["input_ids"].shape for k, v in setup.batches().items()}
     print(
-        f"{args.backbone} {args.dtype}, LAMA {args.relation}, batch {shape}, {setup.n} pseudo "
-        f"tokens (PEFT: {setup.n} virtual tokens), {torch.get_num_threads()} threads"
+        f"{args.backbone} {args.dtype}, LAMA {args.relation}, first batch {tuple(first['ours'])} "
+        f"(PEFT {tuple(first['peft'])} with {setup.n} virtual tokens), "
+        f"{setup.data.template.n_prompt} pseudo tokens, {torch.get_num_threads()} threads"
     )
     step = bench_steps(setup, args.steps)
     print(f"\ntraining step, median of {args.steps} (alternated, same batches):")
