@@ -4,7 +4,6 @@ alike."""
 
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -79,5 +78,13 @@ def median(times: list[float]) -> float:
 
 
 def peak_rss_mib() -> float:
-    """The process's peak resident memory so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """The process's peak resident memory since start or ``reset_peak_rss`` (Linux)."""
+    with open("/proc/self/status") as status:
+        line = next(x for x in status if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024  # KiB
+
+
+def reset_peak_rss() -> None:
+    """Start peak RSS afresh (Linux: writing 5 to clear_refs resets VmHWM)."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")

@@ -25,6 +25,7 @@ we pick the answer position; we run the head at the answer only.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -33,7 +34,17 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from common import Batch, Step, alternate, compose_train, floor_step, median, our_step, peak_rss_mib
+from common import (
+    Batch,
+    Step,
+    alternate,
+    compose_train,
+    floor_step,
+    median,
+    our_step,
+    peak_rss_mib,
+    reset_peak_rss,
+)
 from hydra.utils import instantiate
 from peft import PromptEncoderConfig, get_peft_model
 
@@ -211,8 +222,10 @@ def train_and_score(setup: Setup, epochs: int) -> dict[str, float]:
 def memory_child(args: argparse.Namespace) -> None:
     """Peak RSS of one contender alone: load, then a few training steps."""
     setup = Setup(args)
-    loaded = peak_rss_mib()
     step, batches = setup.steps()[args.only], setup.batches()
+    gc.collect()
+    reset_peak_rss()
+    loaded = peak_rss_mib()
     source = batches["peft" if args.only.startswith("peft") else "ours"]
     for _ in range(3):
         step(next(source))
