@@ -175,7 +175,6 @@ class LamaDataModule(LightningDataModule):
         """``batch_size`` and ``eval_batch_size`` are global: under DDP each of the W processes
         takes 1/W of each batch (its shard of the same permutation, see ``batching``)."""
         data, (world, rank) = self.datasets[split], self._world()
-        lengths = [len(e["input_ids"]) for e in data]
         if shuffle:
             if self.batch_size % world:
                 raise ValueError(
@@ -183,13 +182,13 @@ class LamaDataModule(LightningDataModule):
                     f"by the world size {world} (trainer.devices x trainer.num_nodes)"
                 )
             batch_size = self.batch_size // world
-            by_length = lengths if self.group_by_length else None
+            by_length = [len(e["input_ids"]) for e in data] if self.group_by_length else None
             sampler = EpochShuffleSampler(
                 len(data), self.seed, rank, world, by_length, self.batch_size
             )
         else:
             batch_size = -(-self.eval_batch_size // world)  # rounded up: P@1 does not change
-            by_length = lengths if self.sort_eval_by_length else None
+            by_length = [len(e["input_ids"]) for e in data] if self.sort_eval_by_length else None
             sampler, data = EvalShardSampler(len(data), rank, world, by_length), PaddedSplit(data)
         return DataLoader(
             data,
