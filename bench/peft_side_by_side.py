@@ -51,7 +51,7 @@ from peft import PromptEncoderConfig, get_peft_model
 from ptuning_lightning.backbones import Backbone
 from ptuning_lightning.data.lama import LamaDataModule
 from ptuning_lightning.encoders import FixedPrompt
-from ptuning_lightning.experiment import build_relation
+from ptuning_lightning.experiment import build_relation, load_backbone
 from ptuning_lightning.module import PromptModule
 
 TRAIN_CONTENDERS = ("ours", "ours-mlp", "peft-lstm", "peft-mlp", "floor")
@@ -100,7 +100,7 @@ class Setup:
         overrides = [f"backbone={args.backbone}", f"task.relation={args.relation}"]
         overrides += [f"backbone.load.dtype={args.dtype}", *args.override]
         self.cfg = compose_train(overrides)
-        self.backbone = instantiate(self.cfg.backbone.load)
+        self.backbone = load_backbone(self.cfg)  # with the `execution` options
         self.ours, self.data, _ = build_relation(self.cfg, self.backbone)
         self.n = args.peft_virtual_tokens or self.data.template.n_prompt  # PEFT's
         self.peft_cfg = compose_train([*overrides, f"prompt.template='[P*{self.n}] [X] [Y]'"])

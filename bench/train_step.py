@@ -17,9 +17,8 @@ import time
 
 import torch
 from common import alternate, compose_train, floor_step, median, our_step, peak_rss_mib
-from hydra.utils import instantiate
 
-from ptuning_lightning.experiment import build_relation
+from ptuning_lightning.experiment import build_relation, load_backbone
 
 
 def main() -> None:
@@ -34,7 +33,7 @@ def main() -> None:
     cfg = compose_train(
         [f"backbone={args.backbone}", f"encoder={args.encoder}", f"task.relation={args.relation}"]
     )
-    backbone = instantiate(cfg.backbone.load)
+    backbone = load_backbone(cfg)
     module, data, _ = build_relation(cfg, backbone)
     batch = next(iter(data.train_dataloader()))
     contenders = {"ours": our_step(module), "floor": floor_step(backbone)}
