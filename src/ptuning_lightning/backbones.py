@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -91,6 +92,11 @@ class Backbone(nn.Module):
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
         ).last_hidden_state
         picked = hidden[torch.arange(hidden.size(0), device=hidden.device), positions]
+        output = self.model.get_output_embeddings()
+        if token_ids is not None and self.head is output and isinstance(output, nn.Linear):
+            # the head is one linear layer (causal LMs): compute the candidates' rows only
+            bias = None if output.bias is None else output.bias[token_ids]
+            return F.linear(picked, output.weight[token_ids], bias).float()
         logits = self.head(picked).float()
         return logits if token_ids is None else logits[:, token_ids]
 

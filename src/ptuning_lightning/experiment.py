@@ -22,6 +22,7 @@ from ptuning_lightning.data.multi_relation import MultiRelationData
 from ptuning_lightning.discrete_prompts import published_templates
 from ptuning_lightning.distributed import end_finished_job
 from ptuning_lightning.encoders import FixedPrompt, export_prompt, load_prompt
+from ptuning_lightning.execution import configure_execution
 from ptuning_lightning.module import PromptModule
 from ptuning_lightning.multi_relation import MultiRelationModule
 from ptuning_lightning.results import print_table, summarize, write_results
@@ -85,7 +86,7 @@ def run_relations(cfg: DictConfig, out: Path, started: float) -> dict:
             per_relation[relation] = done
         else:
             pending.append(relation)
-    backbone = instantiate(cfg.backbone.load) if pending else None
+    backbone = load_backbone(cfg) if pending else None
     if pending and cfg.get("multi_relation", False):
         for relation, done in run_in_one_pass(cfg, pending, backbone).items():
             write_results(out / relation / RELATION_RESULT, done)
@@ -98,6 +99,12 @@ def run_relations(cfg: DictConfig, out: Path, started: float) -> dict:
     write_results(out / RESULTS, results)
     print_table(results)
     return results
+
+
+def load_backbone(cfg: DictConfig) -> Backbone:
+    """``backbone.load``, run as ``execution`` says (checkpointing, compile)."""
+    options = cfg.get("execution") or {}
+    return configure_execution(instantiate(cfg.backbone.load), **options)
 
 
 def for_relation(cfg: DictConfig, relation: str) -> DictConfig:

@@ -1,4 +1,6 @@
-"""Dynamic padding, a shuffle that a resumed run reproduces, and the DDP shards of both."""
+"""Dynamic padding, a shuffle that a resumed run reproduces, and the DDP shards of both;
+optionally length-grouped training batches and length-sorted evaluation batches (less
+padding, the same examples)."""
 
 from __future__ import annotations
 
@@ -46,14 +48,26 @@ class EpochShuffleSampler(DistributedSampler):
     It is a ``DistributedSampler``, so Lightning keeps it rather than wrapping it in one that
     would shuffle again."""
 
-    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        lengths: list[int] | None = None,
+        batch_size: int = 1,
+    ) -> None:
+        """``lengths`` (one per example) groups the permutation into global batches of
+        ``batch_size`` examples of similar length (see ``group_by_length``)."""
         super().__init__(range(size), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-        self.size = size
+        self.size, self.lengths, self.batch_size = size, lengths, batch_size
 
     def __iter__(self) -> Iterator[int]:
         # distinct streams per (seed, epoch): seed 34 epoch 1 must not replay seed 35 epoch 0
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
+        if self.lengths is not None:
+            order = group_by_length(order, self.lengths, self.batch_size, generator)
         padded = (order * -(-self.total_size // max(self.size, 1)))[: self.total_size]
         return iter(padded[self.rank :: self.num_replicas])
 
@@ -61,18 +75,48 @@ class EpochShuffleSampler(DistributedSampler):
         return self.num_samples
 
 
+def group_by_length(
+    order: list[int], lengths: list[int], batch_size: int, generator: torch.Generator
+) -> list[int]:
+    """``order`` rearranged so that consecutive runs of ``batch_size`` hold similar lengths.
+
+    Windows of ``GROUP_BATCHES`` batches of the random order are each sorted by length and cut
+    into batches; then the batches of the whole epoch are shuffled. Every example still comes
+    exactly once per epoch and batches stay random in which lengths (and examples) they hold,
+    but a batch pads to about its own length instead of the longest of eight random ones."""
+    window = batch_size * GROUP_BATCHES
+    grouped = []
+    for start in range(0, len(order), window):
+        grouped += sorted(order[start : start + window], key=lambda i: lengths[i])
+    batches = [grouped[i : i + batch_size] for i in range(0, len(grouped), batch_size)]
+    # the one short batch (if any) stays last, as without grouping
+    full = len(batches) - (1 if len(order) % batch_size else 0)
+    shuffled = [batches[i] for i in torch.randperm(full, generator=generator).tolist()]
+    return [i for batch in shuffled + batches[full:] for i in batch]
+
+
+GROUP_BATCHES = 32
+
+
 class EvalShardSampler(DistributedSampler):
     """Evaluation under DDP: rank ``r`` scores positions r, r + W, ... of the split padded to
     a multiple of W. Positions past the split are padding copies that ``PaddedSplit`` marks
     (``padding`` = 1) and P@1 leaves out: every example counts exactly once, as in a single
     process, while every rank runs the same number of batches. One process: the split in
-    order, no padding."""
+    order, no padding. With ``lengths`` each rank scores its positions longest first, so that
+    batches pad little (P@1 is a sum over examples: the order does not change it)."""
 
-    def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, size: int, rank: int = 0, world_size: int = 1, lengths: list[int] | None = None
+    ) -> None:
         super().__init__(range(size), num_replicas=world_size, rank=rank, shuffle=False)
+        self.size, self.lengths = size, lengths
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.total_size, self.num_replicas))
+        positions = range(self.rank, self.total_size, self.num_replicas)
+        if self.lengths is None:
+            return iter(positions)
+        return iter(sorted(positions, key=lambda p: -self.lengths[p % self.size]))
 
     def __len__(self) -> int:
         return self.num_samples

@@ -89,11 +89,16 @@ class LamaDataModule(LightningDataModule):
         max_length: int = 256,
         num_workers: int = 0,
         seed: int = 34,
+        group_by_length: bool = False,
+        sort_eval_by_length: bool = True,
     ) -> None:
         """``template=None`` uses the relation's manual template from ``relations.jsonl``. A
         list of templates is an ensemble (evaluation only): every fact is encoded with each
         (its ``views``) and the module averages their probabilities with ``template_weights``;
-        the first template decides the answer slot's spacing, which all must share."""
+        the first template decides the answer slot's spacing, which all must share.
+        ``group_by_length``: training batches of similar lengths (less padding, each example
+        still once per epoch; batches differ from the plain shuffle's). ``sort_eval_by_length``:
+        dev/test scored longest first (same P@1, less padding)."""
         super().__init__()
         self.data_root = Path(data_root)
         self.relation = resolve_relations(relation, data_root)[0]
@@ -116,6 +121,7 @@ class LamaDataModule(LightningDataModule):
         self.vocab, self.vocab_key = vocab, vocab_key
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.seed = num_workers, seed
+        self.group_by_length, self.sort_eval_by_length = group_by_length, sort_eval_by_length
         self.pad_id = tokenizer.pad_token_id
         self.datasets: dict[str, list[dict]] = {}
         self.stats: dict[str, dict[str, int]] = {}
@@ -191,10 +197,14 @@ class LamaDataModule(LightningDataModule):
                     f"by the world size {world} (trainer.devices x trainer.num_nodes)"
                 )
             batch_size = self.batch_size // world
-            sampler = EpochShuffleSampler(len(data), self.seed, rank, world)
+            by_length = [len(e["input_ids"]) for e in data] if self.group_by_length else None
+            sampler = EpochShuffleSampler(
+                len(data), self.seed, rank, world, by_length, self.batch_size
+            )
         else:
             batch_size = -(-self.eval_batch_size // world)  # rounded up: P@1 does not change
-            sampler, data = EvalShardSampler(len(data), rank, world), PaddedSplit(data)
+            by_length = [len(e["input_ids"]) for e in data] if self.sort_eval_by_length else None
+            sampler, data = EvalShardSampler(len(data), rank, world, by_length), PaddedSplit(data)
         return DataLoader(
             data,
             batch_size=batch_size,
