@@ -43,12 +43,20 @@ class Backbone(nn.Module):
             raise ValueError(f"{name}: expected the model to be a body plus one head module")
         self.model, self.tokenizer, self.kind, self.name = model, tokenizer, kind, name
         self.body, self.head = model.base_model, heads[0]
+        self.trainable = False
         model.requires_grad_(False)
         super().train(False)
 
     def train(self, mode: bool = True) -> Backbone:
-        """Frozen: stays in eval mode whatever the trainer asks."""
-        return super().train(False)
+        """Frozen: stays in eval mode whatever the trainer asks (unless ``set_trainable``)."""
+        return super().train(mode and self.trainable)
+
+    def set_trainable(self, trainable: bool = True) -> Backbone:
+        """Tune the LM's weights too (SuperGLUE's P-Tuning + fine-tuning and the plain
+        fine-tuning baseline); dropout then follows the trainer's train/eval mode."""
+        self.trainable = trainable
+        self.model.requires_grad_(trainable)
+        return self
 
     @property
     def hidden_size(self) -> int:
@@ -69,6 +77,12 @@ class Backbone(nn.Module):
             rows.append(self.embed(torch.tensor(ids)).float().mean(0))
         return torch.stack(rows)
 
+    def hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The body's last hidden states (B, T, H); ``head`` maps picked ones to logits."""
+        return self.body(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+
     def logits_at(
         self,
         inputs_embeds: torch.Tensor,
@@ -77,9 +91,7 @@ class Backbone(nn.Module):
         token_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits at ``positions`` (one per example): (B, V), or (B, C) for ``token_ids``."""
-        hidden = self.body(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
-        ).last_hidden_state
+        hidden = self.hidden(inputs_embeds, attention_mask)
         picked = hidden[torch.arange(hidden.size(0), device=hidden.device), positions]
         logits = self.head(picked).float()
         return logits if token_ids is None else logits[:, token_ids]

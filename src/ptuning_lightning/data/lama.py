@@ -17,12 +17,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from ptuning_lightning.data.batching import (
-    EpochShuffleSampler,
-    EvalShardSampler,
-    PaddedSplit,
-    collate,
-)
+from ptuning_lightning.data.batching import SplitLoaders
 from ptuning_lightning.data.jsonl import DataError, read_jsonl
 from ptuning_lightning.templates import Template, TemplateTokenizer
 
@@ -71,7 +66,7 @@ def vocabulary(data_root: str, vocab: str, key: str) -> list[str] | None:
     return [w.removeprefix("Ġ") for w in lists[key]]
 
 
-class LamaDataModule(LightningDataModule):
+class LamaDataModule(SplitLoaders, LightningDataModule):
     """One LAMA relation, encoded with one template for one tokenizer."""
 
     def __init__(
@@ -159,34 +154,6 @@ class LamaDataModule(LightningDataModule):
             )
             raise DataError(f"{path}: no facts left after {reason}; stats {self.stats[split]}")
         return examples
-
-    def _world(self) -> tuple[int, int]:
-        """(world size, this process's rank); (1, 0) without a trainer."""
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        """``batch_size`` and ``eval_batch_size`` are global: under DDP each of the W processes
-        takes 1/W of each batch (its shard of the same permutation, see ``batching``)."""
-        data, (world, rank) = self.datasets[split], self._world()
-        if shuffle:
-            if self.batch_size % world:
-                raise ValueError(
-                    f"task.batch_size={self.batch_size} is the global batch and must be divisible "
-                    f"by the world size {world} (trainer.devices x trainer.num_nodes)"
-                )
-            batch_size = self.batch_size // world
-            sampler = EpochShuffleSampler(len(data), self.seed, rank, world)
-        else:
-            batch_size = -(-self.eval_batch_size // world)  # rounded up: P@1 does not change
-            sampler, data = EvalShardSampler(len(data), rank, world), PaddedSplit(data)
-        return DataLoader(
-            data,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=functools.partial(collate, pad_id=self.pad_id),
-            num_workers=self.num_workers,
-        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -1,0 +1,27 @@
+"""WiC: is the word used in the same sense in both sentences? (true -> Yes, false -> No)"""
+
+from __future__ import annotations
+
+from ptuning_lightning.data.superglue.base import Item, SuperGlueDataModule
+
+
+class WiCDataModule(SuperGlueDataModule):
+    folder = "WiC"
+    patterns = {
+        0: '"[sentence1]" / "[sentence2]" Question: Is the word "[word]" used in the same sense'
+        " in both sentences? [P] Answer: [Y].",
+        1: '[P*2] "[sentence1]" / "[sentence2]" [P*2] "[word]"? [P*2] [Y].',
+    }
+    manual_patterns = {
+        0: '"[sentence1]" / "[sentence2]" Question: Is the word "[word]" used in the same sense'
+        " in both sentences? Answer: [Y].",
+        1: '[sentence1] [sentence2] Does "[word]" have the same meaning in both sentences?'
+        " Answer: [Y].",
+    }
+    verbalizer = {"true": "Yes", "false": "No"}
+
+    def items(self, record: dict, where: str) -> list[Item]:
+        keys = ("sentence1", "sentence2", "word")
+        return [
+            Item({k: record[k] for k in keys}, self.label_words(), self.label_index(record, where))
+        ]
