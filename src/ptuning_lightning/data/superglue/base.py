@@ -58,6 +58,7 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
         data_root: str,
         name: str = "",
         pattern: int = 0,
+        manual_pattern: int = 0,
         manual: bool = False,
         template: str | None = None,
         verbalizer: dict[str, str] | None = None,
@@ -73,7 +74,8 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
         seed: int = 34,
         train: dict | None = None,
     ) -> None:
-        """``manual`` picks from ``manual_patterns`` (no pseudo tokens); ``template`` replaces
+        """``manual`` picks ``manual_pattern`` from ``manual_patterns`` (no pseudo tokens), else
+        ``pattern`` from ``patterns``; ``template`` replaces
         the pattern by any template over the task's slots; ``test_limit`` scores only the first
         n records of the test split (a documented subset for slow CPUs); ``train`` holds the
         task's optimisation defaults, read by the runner."""
@@ -81,6 +83,7 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
         if label_score not in SCORES:
             raise ValueError(f"task.label_score must be one of {SCORES}, got {label_score!r}")
         table = self.manual_patterns if manual else self.patterns
+        pattern = manual_pattern if manual else pattern
         if template is None and pattern not in table:
             kind = "manual_patterns" if manual else "patterns"
             raise ValueError(
