@@ -75,7 +75,8 @@ def build_task(cfg: DictConfig, backbone) -> tuple[CandidateModule, SuperGlueDat
 
 def protocol_config(cfg: DictConfig, out: Path) -> DictConfig:
     """The few-shot protocol as trainer and callback settings: step budget, evaluation every
-    N steps, selection and early stopping on ``dev/score``; LAMA-only callbacks removed."""
+    N steps, selection and early stopping on ``dev/score``; LAMA-only callbacks removed and
+    logger runs named after the task."""
     cfg = cfg.copy()
     train = cfg.task.train
     with open_dict(cfg):
@@ -95,6 +96,9 @@ def protocol_config(cfg: DictConfig, out: Path) -> DictConfig:
         if "early_stopping" in callbacks:
             callbacks.early_stopping.monitor = "dev/score"
             callbacks.early_stopping.patience = train.patience
+        for logger in (cfg.get("logger") or {}).values():
+            if "name" in logger:  # LAMA names logger runs by relation
+                logger.name = cfg.task.name
     return cfg
 
 

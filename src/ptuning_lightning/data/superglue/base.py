@@ -134,9 +134,10 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
             return
         for split, name in self.splits.items():
             limit = self.test_limit if split == "test" else None
-            self.datasets[split] = self._encode(self.data_root / f"{name}.jsonl", split, limit)
+            self.datasets[split] = self.encode_file(self.data_root / f"{name}.jsonl", split, limit)
 
-    def _encode(self, path: Path, split: str, limit: int | None) -> list[dict]:
+    def encode_file(self, path: Path, split: str, limit: int | None = None) -> list[dict]:
+        """The encoded examples of one task file (its first ``limit`` records)."""
         records = read_jsonl_lines(path)[:limit]
         examples, truncated = [], 0
         for number, record in records:
