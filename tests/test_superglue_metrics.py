@@ -1,0 +1,60 @@
+"""SuperGLUE metrics on hand-made cases whose values are worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ptuning_lightning.glue_metrics import SuperGlueMetric, exact_match, token_f1
+
+
+def one_hot(predictions: list[int], n: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor(predictions), n).float()
+
+
+def test_accuracy_and_cb_macro_f1():
+    metric = SuperGlueMetric(("acc", "f1"), n_classes=3)
+    # gold 0 0 1 2 2, predicted 0 1 1 2 0: class F1s 2*1/(2+1+1)=1/2, 2/3, 2/3
+    metric.update(one_hot([0, 1, 1, 2, 0], 3), {"label": torch.tensor([0, 0, 1, 2, 2])})
+    values = metric.compute()
+    assert values["acc"].item() == pytest.approx(3 / 5)
+    assert values["f1"].item() == pytest.approx((1 / 2 + 2 / 3 + 2 / 3) / 3)
+    assert values["score"].item() == pytest.approx((3 / 5 + (1 / 2 + 4 / 3) / 3) / 2)
+
+
+def test_padding_copies_are_not_counted():
+    metric = SuperGlueMetric(("acc",), n_classes=2)
+    batch = {"label": torch.tensor([1, 0, 1]), "padding": torch.tensor([0, 0, 1])}
+    metric.update(one_hot([1, 1, 0], 2), batch)
+    assert metric.compute()["acc"].item() == pytest.approx(1 / 2)
+
+
+def test_multirc_f1a_and_question_em():
+    metric = SuperGlueMetric(("f1a", "em"), n_classes=2)
+    # question 7: answers all right; question 8: one wrong -> EM 1/2.
+    # class 1 ("true"): tp 2 (index 0, 3), fp 1 (index 4), fn 0 -> F1a 4/5
+    batch = {"label": torch.tensor([1, 0, 0, 1, 0]), "group": torch.tensor([7, 7, 8, 8, 8])}
+    metric.update(one_hot([1, 0, 0, 1, 1], 2)[:3], {k: v[:3] for k, v in batch.items()})
+    metric.update(one_hot([1, 0, 0, 1, 1], 2)[3:], {k: v[3:] for k, v in batch.items()})
+    values = metric.compute()
+    assert values["f1a"].item() == pytest.approx(4 / 5)
+    assert values["em"].item() == pytest.approx(1 / 2)
+
+
+def test_record_token_f1_and_em_over_max_of_golds():
+    assert exact_match("The Blues!", "blues") == 1.0
+    assert token_f1("Diego Costa", "Costa") == pytest.approx(2 * 0.5 * 1 / 1.5)
+    metric = SuperGlueMetric(("record_f1", "record_em"), n_classes=2)
+    golds = ["Chelsea", "Chelsea FC"]
+    candidates = ["Chelsea FC London", "Mourinho"]
+    em = [[max(exact_match(c, g) for g in golds) for c in candidates], [0.0, 1.0]]
+    f1 = [[max(token_f1(c, g) for g in golds) for c in candidates], [0.0, 1.0]]
+    batch = {
+        "label": torch.tensor([0, 1]),
+        "candidate_em": torch.tensor(em),
+        "candidate_f1": torch.tensor(f1),
+    }
+    metric.update(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), batch)  # picks 0 then 1
+    values = metric.compute()
+    assert values["record_em"].item() == pytest.approx((0 + 1) / 2)
+    assert values["record_f1"].item() == pytest.approx((0.8 + 1) / 2)  # 2*(2/3)*1/(5/3)
