@@ -43,7 +43,7 @@ def test_multi_token_label_words(backbone, score):
     module = CandidateModule(backbone, ("acc",), 2)
     with torch.no_grad():
         scores = module.scores(batch)
-    for b, example in enumerate(examples[:2]):
+    for b in range(len(examples)):
         record = json.loads((FEWGLUE / "RTE" / "train.jsonl").read_text().splitlines()[b])
         (item,) = data.items(record, "test")
         for c, word in enumerate(WORDS.values()):
