@@ -89,8 +89,9 @@ class PaddedSplit(Dataset):
 
 
 class SplitLoaders:
-    """DataModule mixin: loaders over ``self.datasets[split]`` (lists of encoded examples)
-    with the shuffle and DDP shards above; ``collate_fn`` says how a batch is built."""
+    """DataModule mixin: loaders over ``self.datasets[split]`` (lists of encoded examples,
+    split ``train``, ``dev`` or ``test``) with the shuffle and DDP shards above;
+    ``collate_fn`` says how a batch is built."""
 
     datasets: dict[str, list[dict]]
     batch_size: int
@@ -129,3 +130,12 @@ class SplitLoaders:
             collate_fn=self.collate_fn(),
             num_workers=self.num_workers,
         )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("dev", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

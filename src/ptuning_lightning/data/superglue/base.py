@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import ClassVar
 
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
 
 from ptuning_lightning.data.batching import SplitLoaders
 from ptuning_lightning.data.jsonl import DataError, read_jsonl_lines
@@ -114,9 +113,17 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
         """Label names in verbalizer order (candidate i of a classification task is label i)."""
         return list(self.words) if self.words else list(self.choice_labels)
 
+    fields: ClassVar[tuple[str, ...]] = ()  # classification tasks: the record's text fields
+
     def items(self, record: dict, where: str) -> list[Item]:
-        """The decisions of one record; ``where`` ("file, line n") is for error messages."""
-        raise NotImplementedError
+        """The decisions of one record; ``where`` ("file, line n") is for error messages.
+        By default one decision over the label words, the slots being the ``fields``."""
+        inputs = {k: self.clean(k, record[k]) for k in self.fields}
+        return [Item(inputs, self.label_words(), self.label_index(record, where))]
+
+    def clean(self, field: str, text: str) -> str:
+        """A field's text as the pattern wants it (e.g. a question without its "?")."""
+        return text
 
     def label_index(self, record: dict, where: str, key: str = "label") -> int:
         """The gold label's index; an unknown label names the place and the known labels."""
@@ -167,15 +174,6 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
 
     def collate_fn(self):
         return functools.partial(collate_candidates, pad_id=self.pad_id, score=self.label_score)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("dev", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 def _em(candidate: str, golds: list[str]) -> float:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ptuning_lightning.data.superglue.base import Item, SuperGlueDataModule
+from ptuning_lightning.data.superglue.base import SuperGlueDataModule
 
 
 class BoolQDataModule(SuperGlueDataModule):
@@ -16,8 +16,8 @@ class BoolQDataModule(SuperGlueDataModule):
         0: "[passage] Question: [question]? Answer: [Y].",
         1: "[passage] Based on the previous passage, [question]? Answer: [Y].",
     }
+    fields = ("passage", "question")
     verbalizer = {"true": "Yes", "false": "No"}
 
-    def items(self, record: dict, where: str) -> list[Item]:
-        inputs = {"passage": record["passage"], "question": record["question"].rstrip("?")}
-        return [Item(inputs, self.label_words(), self.label_index(record, where))]
+    def clean(self, field: str, text: str) -> str:
+        return text.rstrip("?") if field == "question" else text

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ptuning_lightning.data.superglue.base import Item, SuperGlueDataModule
+from ptuning_lightning.data.superglue.base import SuperGlueDataModule
 
 
 class RTEDataModule(SuperGlueDataModule):
@@ -16,8 +16,8 @@ class RTEDataModule(SuperGlueDataModule):
         0: "[premise] Question: [hypothesis]? Answer: [Y].",
         1: '[premise] Based on the previous passage, is it true that "[hypothesis]"? Answer: [Y].',
     }
+    fields = ("premise", "hypothesis")
     verbalizer = {"entailment": "Yes", "not_entailment": "No"}
 
-    def items(self, record: dict, where: str) -> list[Item]:
-        inputs = {"premise": record["premise"], "hypothesis": record["hypothesis"].rstrip(".?!")}
-        return [Item(inputs, self.label_words(), self.label_index(record, where))]
+    def clean(self, field: str, text: str) -> str:
+        return text.rstrip(".?!") if field == "hypothesis" else text

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ptuning_lightning.data.superglue.base import Item, SuperGlueDataModule
+from ptuning_lightning.data.superglue.base import SuperGlueDataModule
 
 
 class WiCDataModule(SuperGlueDataModule):
@@ -18,10 +18,5 @@ class WiCDataModule(SuperGlueDataModule):
         1: '[sentence1] [sentence2] Does "[word]" have the same meaning in both sentences?'
         " Answer: [Y].",
     }
+    fields = ("sentence1", "sentence2", "word")
     verbalizer = {"true": "Yes", "false": "No"}
-
-    def items(self, record: dict, where: str) -> list[Item]:
-        keys = ("sentence1", "sentence2", "word")
-        return [
-            Item({k: record[k] for k in keys}, self.label_words(), self.label_index(record, where))
-        ]
