@@ -58,3 +58,36 @@ def test_record_token_f1_and_em_over_max_of_golds():
     values = metric.compute()
     assert values["record_em"].item() == pytest.approx((0 + 1) / 2)
     assert values["record_f1"].item() == pytest.approx((0.8 + 1) / 2)  # 2*(2/3)*1/(5/3)
+
+
+def test_shards_merged_as_ddp_syncs_equal_one_process():
+    """3 ranks over 7 MultiRC-like answers (2 padding copies), states merged as DDP's sync
+    does (sums, and the concatenated question ids): the values of one process."""
+    from ptuning_lightning.data.batching import EvalShardSampler, PaddedSplit
+
+    labels, preds, groups = [1, 0, 0, 1, 0, 1, 1], [1, 0, 1, 1, 0, 0, 1], [1, 1, 2, 2, 3, 3, 4]
+    examples = [{"i": i} for i in range(7)]
+
+    def batch(items: list[dict]) -> tuple[torch.Tensor, dict]:
+        index = [item["i"] for item in items]
+        return one_hot([preds[i] for i in index], 2), {
+            "label": torch.tensor([labels[i] for i in index]),
+            "group": torch.tensor([groups[i] for i in index]),
+            "padding": torch.tensor([item["padding"] for item in items]),
+        }
+
+    single = SuperGlueMetric(("acc", "f1a", "em"), n_classes=2)
+    single.update(*batch([{**e, "padding": 0} for e in examples]))
+    ranks = []
+    for rank in range(3):
+        metric = SuperGlueMetric(("acc", "f1a", "em"), n_classes=2)
+        shard = [PaddedSplit(examples)[p] for p in EvalShardSampler(7, rank, world_size=3)]
+        metric.update(*batch(shard))
+        ranks.append(metric)
+    for other in ranks[1:]:
+        ranks[0].merge_state(other)
+    merged, expected = ranks[0].compute(), single.compute()
+    assert {k: v.item() for k, v in merged.items()} == pytest.approx(
+        {k: v.item() for k, v in expected.items()}
+    )
+    assert expected["em"].item() == pytest.approx(2 / 4)  # questions 1 and 4 all right
