@@ -77,3 +77,10 @@ def test_methods_end_to_end(tmp_path, compose_cfg, method):
         trained = {k.split(".")[0] for k in saved["state_dict"]}
         expected = {"ptuning": {"encoder"}, "ptuning_ft": {"encoder", "backbone"}}
         assert trained == expected.get(method, {"classifier", "backbone"})
+
+
+@pytest.mark.parametrize("experiment", ["fewglue", "fewglue_cpu"])
+def test_experiment_configs_compose(tmp_path, compose_cfg, experiment):
+    cfg = compose_cfg("train", tmp_path, [f"experiment={experiment}", "task=cb"])
+    assert cfg.task.train.max_steps > 0 and cfg.task.train.eval_every > 0
+    assert cfg.group == experiment
