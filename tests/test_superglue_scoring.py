@@ -72,6 +72,7 @@ def test_methods_end_to_end(tmp_path, compose_cfg, method):
     assert score == results["dev"]["score"]
     assert set(results["test"]) == {"acc", "f1", "score"}
     assert results["stats"]["test"]["records"] == 8
+    assert sum(map(sum, results["confusion"]["test"])) == 8  # gold x predicted counts
     if method != "manual":
         saved = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
         trained = {k.split(".")[0] for k in saved["state_dict"]}

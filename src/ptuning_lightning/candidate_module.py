@@ -43,6 +43,7 @@ class CandidateModule(LightningModule):
         self.optimizer_factory, self.lr, self.backbone_lr = optimizer, lr, backbone_lr
         self.dev_metric = SuperGlueMetric(metrics, n_classes)
         self.test_metric = SuperGlueMetric(metrics, n_classes)
+        self.confusion: dict[str, list[list[int]]] = {}  # split -> [gold][predicted] counts
         self.strict_loading = False  # checkpoints hold the trainable state only
         self._ddp_params_and_buffers_to_ignore = [
             name for name, p in self.named_parameters() if not p.requires_grad
@@ -92,8 +93,11 @@ class CandidateModule(LightningModule):
         self._log_metric("test", self.test_metric)
 
     def _log_metric(self, split: str, metric: SuperGlueMetric) -> None:
-        """Computed (synchronised across DDP ranks) once per evaluation, then reset."""
+        """Computed (synchronised across DDP ranks) once per evaluation, then reset; the
+        confusion matrix is kept for ``results.json`` (which labels the model predicts)."""
         values = metric.compute()
+        with metric.sync_context():
+            self.confusion[split] = metric.confusion.long().tolist()
         metric.reset()
         self.log_dict({f"{split}/{k}": v for k, v in values.items()}, prog_bar=split == "dev")
 

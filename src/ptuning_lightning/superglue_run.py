@@ -131,6 +131,8 @@ def run_task(cfg: DictConfig, out: Path, started: float) -> dict:
         "dev": {k.removeprefix("dev/"): v for k, v in dev.items()},
         "test": {k.removeprefix("test/"): v for k, v in test.items()},
         "steps": trainer.global_step,
+        "labels": data.labels,
+        "confusion": module.confusion,  # per split, rows: gold label, columns: predicted
     }
     write_results(out / RESULTS, results)
     print_task(results)
