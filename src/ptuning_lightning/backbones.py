@@ -37,9 +37,7 @@ class Backbone(nn.Module):
     """An LM split into body and head. Frozen and always in eval mode (dropout off), except
     for the fine-tuning baselines, which train a copy (``trainable_copy``)."""
 
-    def __init__(
-        self, model: nn.Module, tokenizer, kind: str, name: str, trainable: bool = False
-    ) -> None:
+    def __init__(self, model: nn.Module, tokenizer, kind: str, name: str) -> None:
         super().__init__()
         if kind not in AUTO_CLASSES:
             raise ValueError(f"backbone.kind must be one of {list(AUTO_CLASSES)}, got {kind!r}")
@@ -48,18 +46,26 @@ class Backbone(nn.Module):
             raise ValueError(f"{name}: expected the model to be a body plus one head module")
         self.model, self.tokenizer, self.kind, self.name = model, tokenizer, kind, name
         self.body, self.head = model.base_model, heads[0]
-        self.trainable = trainable
-        model.requires_grad_(trainable)
+        self.trainable = False
+        model.requires_grad_(False)
         super().train(False)
 
     def train(self, mode: bool = True) -> Backbone:
-        """Frozen: stays in eval mode whatever the trainer asks."""
+        """Frozen: stays in eval mode whatever the trainer asks (unless ``set_trainable``)."""
         return super().train(mode and self.trainable)
 
+    def set_trainable(self, trainable: bool = True) -> Backbone:
+        """Tune the LM's weights too (the fine-tuning baselines, P-Tuning + fine-tuning);
+        dropout then follows the trainer's train/eval mode."""
+        self.trainable = trainable
+        self.model.requires_grad_(trainable)
+        return self
+
     def trainable_copy(self) -> Backbone:
-        """A copy whose weights train (FT, MP+FT, P-Tuning+FT): every run starts from the
+        """A trainable copy (LAMA's FT, MP+FT, P-Tuning+FT): every relation starts from the
         pretrained weights, which stay untouched here for the job's next relation."""
-        return Backbone(copy.deepcopy(self.model), self.tokenizer, self.kind, self.name, True)
+        copied = Backbone(copy.deepcopy(self.model), self.tokenizer, self.kind, self.name)
+        return copied.set_trainable()
 
     @property
     def hidden_size(self) -> int:
@@ -80,6 +86,12 @@ class Backbone(nn.Module):
             rows.append(self.embed(torch.tensor(ids)).float().mean(0))
         return torch.stack(rows)
 
+    def hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The body's last hidden states (B, T, H); ``head`` maps picked ones to logits."""
+        return self.body(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+
     def logits_at(
         self,
         inputs_embeds: torch.Tensor,
@@ -88,9 +100,7 @@ class Backbone(nn.Module):
         token_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits at ``positions`` (one per example): (B, V), or (B, C) for ``token_ids``."""
-        hidden = self.body(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
-        ).last_hidden_state
+        hidden = self.hidden(inputs_embeds, attention_mask)
         picked = hidden[torch.arange(hidden.size(0), device=hidden.device), positions]
         output = self.model.get_output_embeddings()
         if token_ids is not None and self.head is output and isinstance(output, nn.Linear):

@@ -26,6 +26,7 @@ from ptuning_lightning.execution import configure_execution
 from ptuning_lightning.module import PromptModule
 from ptuning_lightning.multi_relation import MultiRelationModule
 from ptuning_lightning.results import print_table, summarize, write_results
+from ptuning_lightning.superglue_run import is_superglue, run_task
 from ptuning_lightning.sweeps import (
     RELATION_RESULT,
     RESULTS,
@@ -60,10 +61,10 @@ def run(cfg: DictConfig) -> float | None:
     if stored is not None:
         log.info("Skipped: %s holds finished results (resume=false runs it again)", out)
         record_status(out, "skipped")
-        return stored["macro"]["dev_p1"]
+        return objective(stored)
     started = time.perf_counter()
     try:
-        results = run_relations(cfg, out, started)
+        results = (run_task if is_superglue(cfg) else run_relations)(cfg, out, started)
     except Exception as err:
         log.exception("Job failed (%s)", out)
         write_results(out / RESULTS, failure(cfg, err, time.perf_counter() - started))
@@ -72,7 +73,12 @@ def run(cfg: DictConfig) -> float | None:
             raise
         return None
     record_status(out, "done")
-    return results["macro"]["dev_p1"]
+    return objective(results)
+
+
+def objective(results: dict) -> float:
+    """What sweepers maximise: macro dev P@1 (LAMA) or the dev score (SuperGLUE tasks)."""
+    return results["macro"]["dev_p1"] if "macro" in results else results["dev"]["score"]
 
 
 def run_relations(cfg: DictConfig, out: Path, started: float) -> dict:

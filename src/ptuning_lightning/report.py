@@ -92,7 +92,7 @@ def read_result(path: Path) -> tuple[dict | None, Problem | None]:
         return None, Problem(job, "failed", overrides(path.parent), f"unreadable: {err}")
     if run.get("status") == "failed":
         return None, Problem(job, "failed", describe(run), str(run.get("error") or "no message"))
-    if not run.get("relations"):
+    if not run.get("relations") and not run.get("task"):
         return None, Problem(job, "failed", describe(run), "results.json has no relations")
     return {**run, "path": job}, None
 
@@ -485,7 +485,24 @@ def main(argv: list[str] | None = None) -> None:
     if not runs and not problems:
         raise SystemExit(f"no results.json under {', '.join(args.dirs)}")
     out = args.out or Path(args.dirs[0]) / "report"
-    print(write_report(tables(runs), problems, out))
+    from ptuning_lightning.superglue_report import (
+        SUPERGLUE_CSV,
+        is_superglue,
+        superglue_only_report,
+        write_superglue,
+    )
+
+    glue = [r for r in runs if is_superglue(r)]
+    lama = [r for r in runs if not is_superglue(r)]
+    if glue and not lama:
+        print(superglue_only_report(glue, problems, out))
+        print(f"Wrote {out}/: {REPORT_MD}, {SUPERGLUE_CSV}")
+        return
+    text = write_report(tables(lama), problems, out)
+    if glue:  # both kinds of runs: the SuperGLUE table follows the LAMA report
+        text += "\n" + write_superglue(glue, out) + "\n"
+        (out / REPORT_MD).write_text(text)
+    print(text)
     print(f"Wrote {out}/: {REPORT_MD}, {MACRO_CSV}, {RELATIONS_CSV} and plots")
 
 

@@ -24,14 +24,17 @@ def summarize(cfg: DictConfig, per_relation: dict[str, dict], seconds: float) ->
         key: sum(r[key] for r in per_relation.values()) / len(per_relation)
         for key in ("dev_p1", "test_p1")
     }
+    return envelope(cfg, seconds) | {"relations": per_relation, "macro": macro}
+
+
+def envelope(cfg: DictConfig, seconds: float) -> dict:
+    """What every ``results.json`` holds: the method, backbone, seed, config and versions."""
     return {
         "status": "done",  # a failed job's results.json says "failed" (sweeps.failure)
         "method": method_name(cfg.prompt),
         "backbone": cfg.backbone.name,
         "encoder": cfg.encoder._target_.rsplit(".", 1)[-1] if "encoder" in cfg else None,
         "seed": cfg.seed,
-        "relations": per_relation,
-        "macro": macro,
         "seconds": seconds,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": {

@@ -99,7 +99,8 @@ def read_json(path: Path) -> dict | None:
 def finished_job(out: Path) -> dict | None:
     """``results.json`` of a job that finished (None when there is none, or it failed)."""
     results = read_json(out / RESULTS)
-    if results and results.get("status", "done") == "done" and results.get("relations"):
+    finished = results and (results.get("relations") or results.get("task"))
+    if finished and results.get("status", "done") == "done":
         return results
     return None
 

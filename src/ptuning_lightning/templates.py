@@ -135,6 +135,12 @@ def fill_relation(template: str, manual: str) -> str:
     return template
 
 
+def slot_names(source: str) -> tuple[str, ...]:
+    """The input slots a template uses, in order: every ``[name]`` but ``[Y]`` and ``[P*n]``."""
+    names = (m.group(1).strip() for m in _PART.finditer(source))
+    return tuple(dict.fromkeys(n for n in names if n != ANSWER and not _PSEUDO.fullmatch(n)))
+
+
 def _add_text(parts: list[Part], text: str) -> bool:
     """Append literal text; returns whether the next part follows whitespace."""
     stripped = text.strip()
@@ -203,10 +209,12 @@ class TemplateTokenizer:
         n += sum(p.count for p in parts if p.kind == "prompt")
         return n + (1 if self.kind == "masked" else 0)
 
-    def encode(self, inputs: dict[str, str]) -> Encoded:
-        """Place ``inputs`` into the template; over-long inputs are cut inside their slots only."""
+    def encode(self, inputs: dict[str, str], reserve: int = 0) -> Encoded:
+        """Place ``inputs`` into the template; over-long inputs are cut inside their slots only.
+        ``reserve`` keeps that many tokens free (answer words appended or spread over masks)."""
         slot_ids = {s: self._tokens(inputs[s], _slot_space(self.template, s)) for s in inputs}
-        truncated = _truncate(slot_ids, self.max_length - self.fixed_length, self.template)
+        budget = self.max_length - self.fixed_length - reserve
+        truncated = _truncate(slot_ids, budget, self.template)
         ids: list[int] = list(self._prefix)
         prompt_index: list[int] = [-1] * len(ids)
         answer = -1

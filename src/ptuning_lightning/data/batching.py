@@ -4,10 +4,11 @@ padding, the same examples)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -135,3 +136,62 @@ class PaddedSplit(Dataset):
 
     def __len__(self) -> int:
         return len(self.examples)
+
+
+class SplitLoaders:
+    """DataModule mixin: loaders over ``self.datasets[split]`` (lists of encoded examples,
+    split ``train``, ``dev`` or ``test``) with the shuffle and DDP shards above;
+    ``collate_fn`` says how a batch is built."""
+
+    datasets: dict[str, list[dict]]
+    batch_size: int
+    eval_batch_size: int
+    num_workers: int
+    seed: int
+    pad_id: int
+    group_by_length: bool = False  # training batches of similar lengths (see EpochShuffleSampler)
+    sort_eval_by_length: bool = False  # dev/test longest first (EvalShardSampler)
+
+    def collate_fn(self) -> Callable[[list[dict]], dict]:
+        return functools.partial(collate, pad_id=self.pad_id)
+
+    def _world(self) -> tuple[int, int]:
+        """(world size, this process's rank); (1, 0) without a trainer."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        """``batch_size`` and ``eval_batch_size`` are global: under DDP each of the W processes
+        takes 1/W of each batch (its shard of the same permutation, see ``batching``)."""
+        data, (world, rank) = self.datasets[split], self._world()
+        if shuffle:
+            if self.batch_size % world:
+                raise ValueError(
+                    f"task.batch_size={self.batch_size} is the global batch and must be divisible "
+                    f"by the world size {world} (trainer.devices x trainer.num_nodes)"
+                )
+            batch_size = self.batch_size // world
+            by_length = [len(e["input_ids"]) for e in data] if self.group_by_length else None
+            sampler = EpochShuffleSampler(
+                len(data), self.seed, rank, world, by_length, self.batch_size
+            )
+        else:
+            batch_size = -(-self.eval_batch_size // world)  # rounded up: P@1 does not change
+            by_length = [len(e["input_ids"]) for e in data] if self.sort_eval_by_length else None
+            sampler, data = EvalShardSampler(len(data), rank, world, by_length), PaddedSplit(data)
+        return DataLoader(
+            data,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=self.collate_fn(),
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("dev", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -12,6 +12,11 @@ class DataError(ValueError):
 
 def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
     """All records of a JSONL file; each must be an object holding the ``required`` keys."""
+    return [row for _, row in read_jsonl_lines(path, required)]
+
+
+def read_jsonl_lines(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
+    """``read_jsonl`` with each record's line number, for errors found later."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
@@ -29,5 +34,5 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
             missing = [k for k in required if k not in row]
             if missing:
                 raise DataError(f"{path}, line {number}: missing field(s) {missing}")
-            rows.append(row)
+            rows.append((number, row))
     return rows

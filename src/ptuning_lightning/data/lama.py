@@ -15,14 +15,8 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
 
-from ptuning_lightning.data.batching import (
-    EpochShuffleSampler,
-    EvalShardSampler,
-    PaddedSplit,
-    collate,
-)
+from ptuning_lightning.data.batching import SplitLoaders
 from ptuning_lightning.data.jsonl import DataError, read_jsonl
 from ptuning_lightning.templates import Template, TemplateTokenizer
 
@@ -71,7 +65,7 @@ def vocabulary(data_root: str, vocab: str, key: str) -> list[str] | None:
     return [w.removeprefix("Ġ") for w in lists[key]]
 
 
-class LamaDataModule(LightningDataModule):
+class LamaDataModule(SplitLoaders, LightningDataModule):
     """One LAMA relation, encoded with one template for one tokenizer."""
 
     def __init__(
@@ -180,47 +174,6 @@ class LamaDataModule(LightningDataModule):
             )
             raise DataError(f"{path}: no facts left after {reason}; stats {self.stats[split]}")
         return examples
-
-    def _world(self) -> tuple[int, int]:
-        """(world size, this process's rank); (1, 0) without a trainer."""
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        """``batch_size`` and ``eval_batch_size`` are global: under DDP each of the W processes
-        takes 1/W of each batch (its shard of the same permutation, see ``batching``)."""
-        data, (world, rank) = self.datasets[split], self._world()
-        if shuffle:
-            if self.batch_size % world:
-                raise ValueError(
-                    f"task.batch_size={self.batch_size} is the global batch and must be divisible "
-                    f"by the world size {world} (trainer.devices x trainer.num_nodes)"
-                )
-            batch_size = self.batch_size // world
-            by_length = [len(e["input_ids"]) for e in data] if self.group_by_length else None
-            sampler = EpochShuffleSampler(
-                len(data), self.seed, rank, world, by_length, self.batch_size
-            )
-        else:
-            batch_size = -(-self.eval_batch_size // world)  # rounded up: P@1 does not change
-            by_length = [len(e["input_ids"]) for e in data] if self.sort_eval_by_length else None
-            sampler, data = EvalShardSampler(len(data), rank, world, by_length), PaddedSplit(data)
-        return DataLoader(
-            data,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=functools.partial(collate, pad_id=self.pad_id),
-            num_workers=self.num_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("dev", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 def _ensemble_weights(templates: list[str], weights: list[float] | None) -> list[float] | None:

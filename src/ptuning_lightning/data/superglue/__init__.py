@@ -1,0 +1,1 @@
+"""SuperGLUE / FewGLUE: one small DataModule per task on a shared base (``base.py``)."""
