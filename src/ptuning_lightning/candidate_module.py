@@ -21,11 +21,11 @@ from torch import nn
 
 from ptuning_lightning.backbones import Backbone
 from ptuning_lightning.glue_metrics import SuperGlueMetric
-from ptuning_lightning.module import PromptModule
+from ptuning_lightning.module import PromptParts
 from ptuning_lightning.templates import place_prompt
 
 
-class CandidateModule(LightningModule):
+class CandidateModule(PromptParts, LightningModule):
     def __init__(
         self,
         backbone: Backbone,
@@ -48,9 +48,6 @@ class CandidateModule(LightningModule):
         self._ddp_params_and_buffers_to_ignore = [
             name for name, p in self.named_parameters() if not p.requires_grad
         ]
-
-    on_save_checkpoint = PromptModule.on_save_checkpoint
-    prompt = PromptModule.prompt
 
     def scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, C): each example's candidate scores; absent candidates get -inf."""

@@ -23,7 +23,30 @@ from ptuning_lightning.templates import place_prompt
 LOSS_OVER = ("vocab", "candidates")
 
 
-class PromptModule(LightningModule):
+class PromptParts:
+    """What every prompt LightningModule shares (it has ``backbone`` and ``encoder``): the
+    prompt from its encoder, and checkpoints that hold the learned state only."""
+
+    def prompt(self) -> torch.Tensor:
+        """The continuous prompt (n_prompt, H), or an empty one for text-only templates."""
+        if self.encoder is None:
+            return torch.empty(0, self.backbone.hidden_size, device=self.device)
+        return self.encoder()
+
+    def learned_state(self) -> set[str]:
+        """State-dict names of what training changes: the trainable parameters."""
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only the learned state: kilobytes, not the frozen backbone's gigabytes (a
+        fine-tuned backbone trains, so its checkpoints do hold it)."""
+        learned = self.learned_state()
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k in learned
+        }
+
+
+class PromptModule(PromptParts, LightningModule):
     def __init__(
         self,
         backbone: Backbone,
@@ -65,12 +88,6 @@ class PromptModule(LightningModule):
         self._ddp_params_and_buffers_to_ignore = [
             name for name, p in self.named_parameters() if not p.requires_grad
         ] + [name for name, _ in self.named_buffers()]
-
-    def prompt(self) -> torch.Tensor:
-        """The continuous prompt (n_prompt, H), or an empty one for text-only templates."""
-        if self.encoder is None:
-            return torch.empty(0, self.backbone.hidden_size, device=self.device)
-        return self.encoder()
 
     def scores(
         self, batch: dict[str, torch.Tensor], prompt: torch.Tensor, candidates: bool
@@ -153,18 +170,6 @@ class PromptModule(LightningModule):
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-        }
-
-    def learned_state(self) -> set[str]:
-        """State-dict names of what training changes: the trainable parameters."""
-        return {name for name, p in self.named_parameters() if p.requires_grad}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep only the learned state: kilobytes, not the frozen backbone's gigabytes (a
-        fine-tuned backbone trains, so its checkpoints do hold it)."""
-        learned = self.learned_state()
-        checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if k in learned
         }
 
     def exported(self, template: str) -> tuple[torch.Tensor, str]:
