@@ -142,3 +142,9 @@ def test_ptl_train_searches_and_exports_a_text_template(tmp_path, compose_cfg, b
     evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert evaluated["relations"]["P1376"]["test_p1"] == relation["test_p1"]
     assert evaluated["relations"]["P1376"]["template"] == relation["template"]
+
+
+def test_autoprompt_under_ddp_is_refused_clearly(tmp_path, compose_cfg):
+    overrides = ["backbone=tiny-gpt2", "prompt=autoprompt", "task.relation=P1376", "trainer=ddp"]
+    with pytest.raises(ValueError, match="prompt=autoprompt runs in one process"):
+        run(compose_cfg("train", tmp_path, overrides))

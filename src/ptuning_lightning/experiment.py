@@ -169,6 +169,8 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
     relation = cfg.task.relation
     module, data, trainable = build_relation(cfg, backbone)
     trainer = build_trainer(cfg)
+    if isinstance(module, AutoPromptModule) and trainer.world_size > 1:
+        raise ValueError("prompt=autoprompt runs in one process (use trainer=cpu or gpu, not ddp)")
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     result = {"template": data.template_source, "filter": data.stats}
