@@ -22,6 +22,9 @@ from ptuning_lightning.encoders import FixedPrompt
 from ptuning_lightning.metrics import RelationPrecisionAtOne
 from ptuning_lightning.module import PromptModule
 
+# Per-relation selection state, kept in checkpoints so that a resumed pass goes on exactly.
+SELECTION = ("best", "waited", "stopped_epoch", "best_states", "dev_count")
+
 
 class MultiRelationModule(PromptModule):
     def __init__(
@@ -121,14 +124,12 @@ class MultiRelationModule(PromptModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["multi_relation"] = {
-            key: getattr(self, key)
-            for key in ("best", "waited", "stopped_epoch", "best_states", "dev_count")
-        } | {"active": sorted(self.active)}
+        checkpoint["multi_relation"] = {key: getattr(self, key) for key in SELECTION}
+        checkpoint["multi_relation"]["active"] = sorted(self.active)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["multi_relation"]
-        for key in ("best", "waited", "stopped_epoch", "best_states", "dev_count"):
+        for key in SELECTION:
             setattr(self, key, state[key])
         self.active.clear()
         self.active.update(state["active"])

@@ -142,6 +142,11 @@ class RowKey:
     def label(self) -> str:
         return f"{self.method} ({self.encoder})" if self.encoder else self.method
 
+    def paper_label(self) -> str:
+        """The label under the paper's method name ("P-Tuning (lstm)")."""
+        name = method_label(self.method)
+        return f"{name} ({self.encoder})" if self.encoder else name
+
 
 @dataclass
 class Row:
@@ -301,20 +306,13 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def side_by_side(t: Tables) -> tuple[list[str], list[list[str]]]:
     """The paper's shape: one row per backbone, one column per method (macro test P@1, %)."""
-    columns = list(dict.fromkeys(row.key.label() for row in t.rows))
+    columns = list(dict.fromkeys(row.key.paper_label() for row in t.rows))
     cells: dict[tuple[str, str], str] = {
-        (row.key.backbone, row.key.label()): plus_minus(*row.macro()) for row in t.rows
+        (row.key.backbone, row.key.paper_label()): plus_minus(*row.macro()) for row in t.rows
     }
     backbones = list(dict.fromkeys(row.key.backbone for row in t.rows))
-    header = ["backbone", *(method_label_of(c) for c in columns)]
     rows = [[b, *(cells.get((b, c), "—") for c in columns)] for b in backbones]
-    return header, rows
-
-
-def method_label_of(label: str) -> str:
-    """A row label ("manual", "ptuning (lstm)") under its paper name ("MP", "P-Tuning (lstm)")."""
-    method, _, encoder = label.partition(" (")
-    return method_label(method) + (f" ({encoder}" if encoder else "")
+    return ["backbone", *columns], rows
 
 
 def markdown_tables(t: Tables) -> str:

@@ -10,13 +10,12 @@ per relation as in separate runs. Examples carry ``relation``, their relation's 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from ptuning_lightning.data.batching import EpochShuffleSampler, collate
+from ptuning_lightning.data.batching import EpochShuffleSampler, SplitLoaders
 from ptuning_lightning.data.lama import SPLITS, LamaDataModule
 
 
@@ -49,14 +48,19 @@ class RelationBatches:
         return max((-(-len(self.samplers[r]) // size) for r in self.active), default=0)
 
 
-class MultiRelationData(LightningDataModule):
-    """The ``LamaDataModule`` of each relation (same tokenizer and candidates), served as one."""
+class MultiRelationData(SplitLoaders, LightningDataModule):
+    """The ``LamaDataModule`` of each relation (same tokenizer and candidates), served as one:
+    dev and test like any split (``SplitLoaders``), training in ``RelationBatches``."""
 
     def __init__(self, relations: dict[str, LamaDataModule]) -> None:
         super().__init__()
         self.names, self.parts = list(relations), list(relations.values())
         self.active: set[int] = set(range(len(self.parts)))
         self.datasets: dict[str, list[dict]] = {}
+        first = self.parts[0]  # the loader settings: one task config serves every relation
+        for key in ("batch_size", "eval_batch_size", "num_workers", "seed", "pad_id"):
+            setattr(self, key, getattr(first, key))
+        self.sort_eval_by_length = first.sort_eval_by_length
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -78,21 +82,9 @@ class MultiRelationData(LightningDataModule):
                 for example in part.datasets[split]
             ]
 
-    def _collate(self):
-        return functools.partial(collate, pad_id=self.parts[0].pad_id)
-
     def train_dataloader(self) -> DataLoader:
-        first = self.parts[0]
         sizes = [len(part.datasets["train"]) for part in self.parts]
-        batches = RelationBatches(sizes, first.batch_size, first.seed, self.active)
-        return DataLoader(self.datasets["train"], batch_sampler=batches, collate_fn=self._collate())
-
-    def _eval_loader(self, split: str) -> DataLoader:
-        size = self.parts[0].eval_batch_size
-        return DataLoader(self.datasets[split], batch_size=size, collate_fn=self._collate())
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("dev")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        batches = RelationBatches(sizes, self.batch_size, self.seed, self.active)
+        return DataLoader(
+            self.datasets["train"], batch_sampler=batches, collate_fn=self.collate_fn()
+        )
