@@ -104,9 +104,9 @@ def protocol_config(cfg: DictConfig, out: Path) -> DictConfig:
 
 def run_task(cfg: DictConfig, out: Path, started: float) -> dict:
     """Train/select/evaluate one task and write ``results.json``."""
-    from ptuning_lightning.experiment import build_trainer
+    from ptuning_lightning.experiment import build_trainer, load_backbone
 
-    backbone = instantiate(cfg.backbone.load)
+    backbone = load_backbone(cfg)
     module, data, trains = build_task(cfg, backbone)
     cfg = protocol_config(cfg, out)
     trainer = build_trainer(cfg)
@@ -114,14 +114,12 @@ def run_task(cfg: DictConfig, out: Path, started: float) -> dict:
         trainer.fit(module, data, ckpt_path=last_checkpoint(cfg))
         dev = trainer.validate(module, data, ckpt_path="best", verbose=False)[0]
         test = trainer.test(module, data, ckpt_path="best", verbose=False)[0]
-        if module.encoder is not None and trainer.is_global_zero:
+        # a prompt trained with its backbone is only meaningful with it: the checkpoint has both
+        if module.encoder is not None and not backbone.trainable and trainer.is_global_zero:
             prompt = module.eval().prompt()
             export_prompt(out / "prompt.pt", prompt, data.template_source, backbone.name)
     else:
-        dev = {
-            k.removeprefix("dev/"): v
-            for k, v in trainer.validate(module, data, verbose=False)[0].items()
-        }
+        dev = trainer.validate(module, data, verbose=False)[0]
         test = trainer.test(module, data, verbose=False)[0]
     results = envelope(cfg, time.perf_counter() - started) | {
         "task": data.folder,
