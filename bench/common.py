@@ -1,9 +1,10 @@
 """What the benchmarks share: the config and model of a relation, the floor, our training
-step, and alternating timing (A B C A B C ...) so that machine noise hits every contender
-alike."""
+step, and alternating timing (every contender once per round, in shuffled order) so that
+machine noise hits every contender alike."""
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -62,12 +63,16 @@ def our_step(module: PromptModule) -> Step:
 def alternate(
     contenders: dict[str, Step], rounds: Iterable[dict[str, Batch]], warmup: int = 1
 ) -> dict[str, list[float]]:
-    """Seconds per step of each contender; round ``i`` runs every contender once, in turn,
-    on its batch of that round. The first ``warmup`` rounds are not counted."""
+    """Seconds per step of each contender; round ``i`` runs every contender once, on its
+    batch of that round, in an order shuffled afresh each round (seeded): with a fixed order
+    a contender inherits its predecessor's cache and allocator state, which moved ratios by
+    up to 5% here. The first ``warmup`` rounds are not counted."""
+    order, shuffle = list(contenders), random.Random(0).shuffle
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for i, batches in enumerate(rounds):
-        for name, step in contenders.items():
-            seconds = timed(lambda: step(batches[name]))  # noqa: B023 (called at once)
+        shuffle(order)
+        for name in order:
+            seconds = timed(lambda: contenders[name](batches[name]))  # noqa: B023 (at once)
             if i >= warmup:
                 times[name].append(seconds)
     return times
@@ -75,6 +80,12 @@ def alternate(
 
 def median(times: list[float]) -> float:
     return statistics.median(times)
+
+
+def paired_ratio(times: list[float], base: list[float]) -> float:
+    """Median over rounds of ``times[i] / base[i]``: each pair ran back to back, so machine
+    drift (another tenant, the CPU clock) cancels out, which a ratio of medians does not."""
+    return statistics.median(t / b for t, b in zip(times, base, strict=True))
 
 
 def peak_rss_mib() -> float:

@@ -8,7 +8,7 @@ has the same padded shape. PEFT computes full logits (every position, whole voca
 we pick the answer position; we run the head at the answer only.
 
 1. Training step: ours (LSTM and MLP encoders), PEFT LSTM and MLP, the floor, alternated
-   A B C D E A B C D E ... on the same batches; medians and ratios.
+   in shuffled order each round, on the same batches; medians and ratios.
 2. One training epoch: examples/s of ours (random and length-grouped batches) and PEFT LSTM,
    alternated batch by batch.
 3. Evaluation of the whole test split: facts/s of ours (large length-sorted batches,
@@ -42,6 +42,7 @@ from common import (
     floor_step,
     median,
     our_step,
+    paired_ratio,
     peak_rss_mib,
     reset_peak_rss,
 )
@@ -142,7 +143,7 @@ def train_batches(data: LamaDataModule, epoch: int, group_by_length: bool = Fals
     return iter(loader)
 
 
-def bench_steps(setup: Setup, n_steps: int) -> dict[str, float]:
+def bench_steps(setup: Setup, n_steps: int) -> dict[str, list[float]]:
     steps = {name: step for name, step in setup.steps().items() if name in TRAIN_CONTENDERS}
     batches = setup.batches()
 
@@ -155,7 +156,7 @@ def bench_steps(setup: Setup, n_steps: int) -> dict[str, float]:
                 "peft-mlp": peft,
             }
 
-    return {name: median(t) for name, t in alternate(steps, rounds(), WARMUP).items()}
+    return alternate(steps, rounds(), WARMUP)
 
 
 def bench_epoch(setup: Setup) -> dict[str, float]:
@@ -279,12 +280,14 @@ def main() -> None:
         f"(PEFT {tuple(first['peft'])} with {setup.n} virtual tokens), "
         f"{setup.data.template.n_prompt} pseudo tokens, {torch.get_num_threads()} threads"
     )
-    step = bench_steps(setup, args.steps)
-    print(f"\ntraining step, median of {args.steps} (alternated, same batches):")
-    for name, seconds in step.items():
-        print(f"  {name:10s} {seconds:.3f} s  {seconds / step['floor']:.3f}x floor")
-    print(f"  PEFT LSTM / ours: {step['peft-lstm'] / step['ours']:.2f}x")
-    print(f"  PEFT MLP / ours-mlp: {step['peft-mlp'] / step['ours-mlp']:.2f}x")
+    runs = bench_steps(setup, args.steps)
+    print(f"\ntraining step, median of {args.steps} (alternated, same batches; ratios are")
+    print("medians of per-round ratios):")
+    for name, times in runs.items():
+        ratio = paired_ratio(times, runs["floor"])
+        print(f"  {name:10s} {median(times):.3f} s  {ratio:.3f}x floor")
+    print(f"  PEFT LSTM / ours: {paired_ratio(runs['peft-lstm'], runs['ours']):.2f}x")
+    print(f"  PEFT MLP / ours-mlp: {paired_ratio(runs['peft-mlp'], runs['ours-mlp']):.2f}x")
     if "epoch" not in args.skip:
         rate = bench_epoch(setup)
         print(f"\none epoch ({len(setup.data.datasets['train'])} examples), examples/s:")

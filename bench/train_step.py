@@ -2,9 +2,10 @@
 
 The floor is the frozen backbone's forward+backward on the same batch with the gradient
 flowing into the input embeddings and logits only at the answer position: the least any
-P-Tuning implementation must compute. Contenders alternate (A B A B ...) in one process so
-that machine noise hits both alike; medians are printed. ``peft_side_by_side.py`` adds
-Hugging Face PEFT's P-tuning and whole-epoch figures.
+P-Tuning implementation must compute. Contenders alternate (in shuffled order each round) in
+one process so that machine noise hits both alike; medians (and the median per-round ratio)
+are printed. ``peft_side_by_side.py`` adds Hugging Face PEFT's P-tuning and whole-epoch
+figures.
 
     python bench/train_step.py [--backbone smollm2-135m] [--relation P103] [--steps 20]
 """
@@ -16,7 +17,15 @@ import itertools
 import time
 
 import torch
-from common import alternate, compose_train, floor_step, median, our_step, peak_rss_mib
+from common import (
+    alternate,
+    compose_train,
+    floor_step,
+    median,
+    our_step,
+    paired_ratio,
+    peak_rss_mib,
+)
 
 from ptuning_lightning.experiment import build_relation, load_backbone
 
@@ -38,7 +47,8 @@ def main() -> None:
     batch = next(iter(data.train_dataloader()))
     contenders = {"ours": our_step(module), "floor": floor_step(backbone)}
     rounds = itertools.repeat(dict.fromkeys(contenders, batch), args.steps + 1)
-    times = {k: median(v) for k, v in alternate(contenders, rounds).items()}
+    runs = alternate(contenders, rounds)
+    times = {k: median(v) for k, v in runs.items()}
 
     n_facts = 0
     start = time.perf_counter()
@@ -55,7 +65,7 @@ def main() -> None:
     )
     print(f"train step  ours  {times['ours']:.3f} s (median of {args.steps})")
     print(f"train step  floor {times['floor']:.3f} s")
-    print(f"ratio ours/floor  {times['ours'] / times['floor']:.3f}")
+    print(f"ratio ours/floor  {paired_ratio(runs['ours'], runs['floor']):.3f} (median per round)")
     print(f"evaluation  {eval_rate:.1f} facts/s (eval batch {data.eval_batch_size})")
     print(f"peak memory {peak_rss_mib():.0f} MiB (RSS)")
 
