@@ -120,8 +120,7 @@ class AutoPromptModule(PromptModule):
         best = int(losses.argmin())
         if losses[best] < loss.detach():
             self.trigger_ids[position] = proposals[best]
-        size = batch["target_index"].numel()
-        self.log("train/loss", torch.minimum(losses[best], loss.detach()), batch_size=size)
+        self.record_loss(torch.minimum(losses[best], loss.detach()), batch["target_index"].numel())
         self.optimizers().step()
 
     def propose(self, grad: torch.Tensor, position: int) -> torch.Tensor:

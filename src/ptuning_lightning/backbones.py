@@ -75,6 +75,11 @@ class Backbone(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype
 
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """The token embedding table (V, H)."""
+        return self.model.get_input_embeddings().weight
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
 

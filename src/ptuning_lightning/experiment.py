@@ -25,7 +25,14 @@ from ptuning_lightning.encoders import FixedPrompt, export_prompt, load_prompt
 from ptuning_lightning.execution import configure_execution
 from ptuning_lightning.module import PromptModule
 from ptuning_lightning.multi_relation import MultiRelationModule
-from ptuning_lightning.results import print_table, summarize, write_results
+from ptuning_lightning.prior import PriorModule
+from ptuning_lightning.results import (
+    fact_results,
+    print_table,
+    prompt_norms,
+    summarize,
+    write_results,
+)
 from ptuning_lightning.superglue_run import is_superglue, run_task
 from ptuning_lightning.sweeps import (
     RELATION_RESULT,
@@ -141,6 +148,9 @@ def build_relation(
         batch_size=cfg.prompt.get("batch_size") or cfg.task.batch_size,
     )
     data.setup()
+    if cfg.prompt.name == "prior":
+        targets = [example["target_index"] for example in data.datasets["train"]]
+        return PriorModule(backbone, data.candidate_ids, targets), data, False
     if cfg.prompt.name == "autoprompt":
         options = {k: cfg.prompt[k] for k in ("candidates", "init_token", "loss_over")}
         module = AutoPromptModule(
@@ -189,6 +199,7 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
         dev_n = trainer.callback_metrics.get("dev/n")  # every epoch's; None: nothing left to fit
         result["dev_n"] = None if dev_n is None else int(dev_n)
         result["epochs"] = trainer.current_epoch
+        result["train_loss"] = list(module.loss_curve)  # per epoch; before "best" reloads it
         result["train_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
         test = trainer.test(module, data, ckpt_path="best", verbose=False)
@@ -199,11 +210,13 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
             with torch.no_grad():
                 prompt, result["template"] = module.eval().exported(data.template_source)
                 export_prompt(out / "prompt.pt", prompt, result["template"], backbone.name)
+            result |= prompt_norms(prompt, backbone.embeddings)
     else:
         dev = trainer.validate(module, data, verbose=False)[0]
         result["dev_p1"], result["dev_n"] = dev["dev/P@1"], int(dev["dev/n"])
         test = trainer.test(module, data, verbose=False)
     result["test_p1"], result["test_n"] = test[0]["test/P@1"], int(test[0]["test/n"])
+    result |= test_facts(module, data.datasets["test"], data.candidate_ids)
     result["eval_seconds"] = time.perf_counter() - started
     for logger in trainer.loggers:  # one wandb run per relation: close it before the next
         if isinstance(logger, WandbLogger):
@@ -222,11 +235,12 @@ def run_in_one_pass(cfg: DictConfig, relations: list[str], backbone: Backbone) -
         if (
             module.backbone is not backbone
             or module.template_weights is not None
-            or isinstance(module, AutoPromptModule)
+            or isinstance(module, AutoPromptModule | PriorModule)
         ):
             raise ValueError(
                 f"multi_relation: prompt={cfg.prompt.name} ({relation}) is not supported; one "
-                "pass serves prompts over a frozen backbone (not finetune, autoprompt or ensembles)"
+                "pass serves prompts over a frozen backbone (not finetune, autoprompt, prior or "
+                "ensembles)"
             )
     data = MultiRelationData({relation: part for relation, (_, part, _) in parts.items()})
     data.setup()
@@ -239,6 +253,7 @@ def run_in_one_pass(cfg: DictConfig, relations: list[str], backbone: Backbone) -
         data.active,
         **optimization(cfg, trainable),
         patience=stopping.get("patience", 20),
+        ties_improve=cfg.ties_improve,
     )
     one_pass = for_relation(cfg, "one_pass")  # its checkpoints: <output_dir>/one_pass/
     trainer = build_trainer(one_pass)
@@ -263,13 +278,26 @@ def run_in_one_pass(cfg: DictConfig, relations: list[str], backbone: Backbone) -
         if trainable:
             stopped = module.stopped_epoch[r]
             result["epochs"] = trainer.current_epoch if stopped is None else stopped + 1
+            result["train_loss"] = module.loss_curve[r]
             with torch.no_grad():
                 prompt = module.encoder[r].eval()()
             out = Path(cfg.paths.output_dir) / relation / "prompt.pt"
             export_prompt(out, prompt, part.template_source, backbone.name)
+            result |= prompt_norms(prompt, backbone.embeddings)
+        result |= test_facts(module, part.datasets["test"], data.candidate_ids, r)
         result["one_pass_seconds"] = seconds
         results[relation] = result
     return results
+
+
+def test_facts(
+    module: PromptModule, examples: list[dict], candidate_ids: torch.Tensor, relation: int = 0
+) -> dict:
+    """``results.fact_results`` of the module's last test (``relation``: in a one pass)."""
+    top = module.test_predictions(relation)
+    decode = module.backbone.tokenizer.decode
+    words = {c: decode([int(candidate_ids[c])]).strip() for c in set(top.values())}
+    return fact_results(examples, top, words)
 
 
 def build_prompt(

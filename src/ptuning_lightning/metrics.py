@@ -61,3 +61,67 @@ class RelationPrecisionAtOne(Metric):
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(P@1 per relation, n per relation)."""
         return self.correct.float() / self.total.clamp(min=1), self.total.clone()
+
+
+class TopCandidates(Metric):
+    """Each scored example's top candidate, by (relation, index in its split): what
+    ``results.json`` keeps per fact (``test_predictions``, ``test_hits``), from which the
+    collapse rate and the bootstrap intervals of ``ptl-report`` follow. List states gathered
+    over DDP ranks; padding copies are left out, so every example appears exactly once."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("relation", "index", "top"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(
+        self,
+        scores: torch.Tensor,
+        index: torch.Tensor,
+        relation: torch.Tensor | None = None,
+        padding: torch.Tensor | None = None,
+    ) -> None:
+        """``scores`` (B, C); ``index`` (B,) each example's position in its split;
+        ``relation`` (B,) its relation (multi-relation mode; None: relation 0)."""
+        counted = torch.ones_like(index, dtype=torch.bool) if padding is None else padding == 0
+        relation = torch.zeros_like(index) if relation is None else relation
+        self.relation.append(relation[counted])
+        self.index.append(index[counted])
+        self.top.append(scores.argmax(dim=-1)[counted])
+
+    def compute(self) -> dict[int, dict[int, int]]:
+        """{relation: {index: top candidate}}."""
+        out: dict[int, dict[int, int]] = {}
+        states = (self.relation, self.index, self.top)
+        if isinstance(self.top, list):  # not synced: lists of per-batch tensors
+            states = tuple(torch.cat(s) if s else torch.empty(0, dtype=torch.long) for s in states)
+        for r, i, t in zip(*(s.tolist() for s in states), strict=True):
+            out.setdefault(r, {})[i] = t
+        return out
+
+
+class RelationMean(Metric):
+    """The mean of a per-example value (the training loss) per relation: sum states of size
+    R, exact under DDP. One relation (R = 1) in a separate run."""
+
+    full_state_update = False
+
+    def __init__(self, n_relations: int = 1) -> None:
+        super().__init__()
+        self.n = n_relations
+        self.add_state("sum", default=torch.zeros(n_relations), dist_reduce_fx="sum")
+        self.add_state(
+            "count", default=torch.zeros(n_relations, dtype=torch.long), dist_reduce_fx="sum"
+        )
+
+    def update(self, values: torch.Tensor, relation: torch.Tensor | None = None) -> None:
+        values = values.detach().float()
+        relation = torch.zeros_like(values, dtype=torch.long) if relation is None else relation
+        self.sum += torch.bincount(relation, weights=values, minlength=self.n)
+        self.count += torch.bincount(relation, minlength=self.n)
+
+    def compute(self) -> torch.Tensor:
+        """(R,) means; NaN for a relation that had no example this epoch."""
+        return self.sum / self.count.float()

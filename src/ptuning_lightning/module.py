@@ -17,7 +17,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from ptuning_lightning.backbones import Backbone
-from ptuning_lightning.metrics import ExampleCount, PrecisionAtOne
+from ptuning_lightning.metrics import ExampleCount, PrecisionAtOne, RelationMean, TopCandidates
 from ptuning_lightning.templates import place_prompt
 
 LOSS_OVER = ("vocab", "candidates")
@@ -80,6 +80,8 @@ class PromptModule(PromptParts, LightningModule):
         self.loss_over, self.backbone_lr = loss_over, backbone_lr
         self.dev_p1, self.test_p1 = PrecisionAtOne(), PrecisionAtOne()
         self.dev_n, self.test_n = ExampleCount(), ExampleCount()  # results.json: dev_n, test_n
+        self.test_top = TopCandidates()  # results.json: test_predictions, collapse_rate
+        self.train_loss, self.loss_curve = RelationMean(), []  # results.json: train_loss
         self.strict_loading = False  # checkpoints hold the trainable state only
         # DDP broadcasts every parameter and buffer from rank 0 when it sets up (the gigabytes
         # of the backbone, at every fit, validate and test) and buffers before every forward.
@@ -116,8 +118,18 @@ class PromptModule(PromptParts, LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch, self.prompt())
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["target_index"].numel())
+        self.record_loss(loss, batch["target_index"].numel())
         return loss
+
+    def record_loss(self, loss: torch.Tensor, size: int) -> None:
+        """Log a step's mean loss over ``size`` examples and add it to the epoch's mean."""
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.train_loss.update(loss.detach().expand(size))
+
+    def on_train_epoch_end(self) -> None:
+        """The epoch's mean training loss joins ``loss_curve`` (``train_loss`` in results)."""
+        self.loss_curve.append(float(self.train_loss.compute()))
+        self.train_loss.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "dev", self.dev_p1, self.dev_n)
@@ -136,9 +148,27 @@ class PromptModule(PromptParts, LightningModule):
         size = batch["target_index"].numel()
         for metric in (p1, n):
             metric.update(scores, batch["target_index"], batch.get("padding"))
+        if split == "test":
+            self.test_top.update(scores, batch["index"], padding=batch.get("padding"))
         self.log(f"{split}/P@1", p1, prog_bar=True, batch_size=size)
         self.log(f"{split}/n", n, batch_size=size)
         return scores
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The learned state, and the loss curve so far, which a resumed run continues."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["loss_curve"] = self.loss_curve
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.loss_curve = checkpoint.get("loss_curve", self.loss_curve)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_top.reset()
+
+    def test_predictions(self, relation: int = 0) -> dict[int, int]:
+        """{test example index: its top candidate} of ``relation`` (multi-relation mode) in the
+        last test, over every rank under DDP."""
+        return self.test_top.compute().get(relation, {})
 
     def ensemble(self, scores: torch.Tensor) -> torch.Tensor:
         """(B * k, C) scores of k templates per example -> (B, C): the log of the weighted

@@ -19,8 +19,9 @@ from torch import nn
 
 from ptuning_lightning.backbones import Backbone
 from ptuning_lightning.encoders import FixedPrompt
-from ptuning_lightning.metrics import RelationPrecisionAtOne
+from ptuning_lightning.metrics import RelationMean, RelationPrecisionAtOne
 from ptuning_lightning.module import PromptModule
+from ptuning_lightning.selection import improves
 
 # Per-relation selection state, kept in checkpoints so that a resumed pass goes on exactly.
 SELECTION = ("best", "waited", "stopped_epoch", "best_states", "dev_count")
@@ -37,22 +38,26 @@ class MultiRelationModule(PromptModule):
         scheduler: Callable | None = None,
         loss_over: str = "vocab",
         patience: int = 20,
+        ties_improve: bool = True,
     ) -> None:
         """``encoders``: one per relation (None: a template without pseudo tokens);
-        ``active``: the relations still training, shared with ``MultiRelationData``."""
+        ``active``: the relations still training, shared with ``MultiRelationData``;
+        ``ties_improve``: a dev P@1 equal to the best so far counts as an improvement."""
         empty = torch.empty(0, backbone.hidden_size)
         prompts = nn.ModuleList([e if e is not None else FixedPrompt(empty) for e in encoders])
         super().__init__(backbone, candidate_ids, prompts, optimizer, scheduler, loss_over)
         n = len(encoders)
         with torch.no_grad():
             self.lengths = [len(p()) for p in prompts]  # pseudo tokens per relation
-        self.active, self.patience = active, patience
+        self.active, self.patience, self.ties_improve = active, patience, ties_improve
         self.dev_relations, self.test_relations = (RelationPrecisionAtOne(n) for _ in range(2))
         self.best = [float("-inf")] * n
         self.waited = [0] * n
         self.stopped_epoch: list[int | None] = [None] * n
         self.best_states: list[dict | None] = [None] * n
         self.dev_count = [0] * n
+        self.train_loss = RelationMean(n)
+        self.loss_curve: list[list[float]] = [[] for _ in range(n)]  # per relation
 
     def prompt(self, present: torch.Tensor | None = None) -> torch.Tensor:
         """(R, n_max, H): the relations' prompts, zero-padded to the longest. Only the
@@ -77,7 +82,15 @@ class MultiRelationModule(PromptModule):
         count = torch.bincount(relation, minlength=len(self.encoder))[relation]
         loss = (per_example / count).sum()  # the sum over relations of each one's batch mean
         self.log("train/loss", loss, prog_bar=True, batch_size=relation.numel())
+        self.train_loss.update(per_example, relation)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        """Each relation that trained this epoch adds its mean loss to its curve."""
+        for r, value in enumerate(self.train_loss.compute().reshape(-1).tolist()):
+            if self.train_loss.count[r] > 0:
+                self.loss_curve[r].append(value)
+        self.train_loss.reset()
 
     def _relation_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.scores(batch, self.prompt_rows(batch), candidates=True)
@@ -89,6 +102,7 @@ class MultiRelationModule(PromptModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         scores = self._relation_scores(batch)
         self.test_relations.update(scores, batch["target_index"], batch["relation"])
+        self.test_top.update(scores, batch["index"], batch["relation"])
         return scores
 
     def on_validation_epoch_end(self) -> None:
@@ -99,7 +113,7 @@ class MultiRelationModule(PromptModule):
             return
         for r in sorted(self.active):
             self.dev_count[r] = int(n[r])
-            if p1[r] > self.best[r]:
+            if improves(float(p1[r]), self.best[r], self.ties_improve):
                 self.best[r], self.waited[r] = float(p1[r]), 0
                 self.best_states[r] = copy.deepcopy(self.encoder[r].state_dict())
             else:
@@ -128,6 +142,7 @@ class MultiRelationModule(PromptModule):
         checkpoint["multi_relation"]["active"] = sorted(self.active)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint["multi_relation"]
         for key in SELECTION:
             setattr(self, key, state[key])

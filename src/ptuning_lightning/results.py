@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections import Counter
 from pathlib import Path
 
 import lightning
@@ -25,6 +26,32 @@ def summarize(cfg: DictConfig, per_relation: dict[str, dict], seconds: float) ->
         for key in ("dev_p1", "test_p1")
     }
     return envelope(cfg, seconds) | {"relations": per_relation, "macro": macro}
+
+
+def fact_results(examples: list[dict], top: dict[int, int], words: dict[int, str]) -> dict:
+    """Per test fact, in the split's order: the predicted word (``test_predictions``) and
+    whether it is the gold object (``test_hits``, a string of 0/1, what ``ptl-report``'s
+    bootstrap resamples); and the share of facts given the single most predicted word
+    (``collapse_rate``: near 1 when a prompt answers the same word whatever the subject).
+    ``top`` maps each example's index to its top candidate, ``words`` a candidate to its word."""
+    predicted = [words[top[e["index"]]] for e in examples]
+    hits = "".join("1" if top[e["index"]] == e["target_index"] else "0" for e in examples)
+    most, count = Counter(predicted).most_common(1)[0]
+    return {
+        "collapse_rate": count / len(predicted),
+        "most_predicted": most,
+        "test_predictions": predicted,
+        "test_hits": hits,
+    }
+
+
+def prompt_norms(prompt: torch.Tensor, embeddings: torch.Tensor) -> dict:
+    """Mean L2 norm of the prompt's rows beside that of the backbone's token embeddings: a
+    prompt far off the embeddings' scale is what the collapse diagnosis looks for."""
+    return {
+        "prompt_norm": float(prompt.detach().float().norm(dim=-1).mean()),
+        "embedding_norm": float(embeddings.detach().float().norm(dim=-1).mean()),
+    }
 
 
 def envelope(cfg: DictConfig, seconds: float) -> dict:

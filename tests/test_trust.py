@@ -1,0 +1,145 @@
+"""What makes the numbers trustworthy: the training prior as a method, the paper's tie rule
+in dev selection, and the per-fact instrumentation in results.json (predictions, hits,
+collapse rate, loss curve, prompt norms), each checked against hand-made expectations."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import LAMA, QUIET
+from lightning.pytorch import LightningModule
+from torch.utils.data import DataLoader
+
+from ptuning_lightning.metrics import RelationMean, TopCandidates
+from ptuning_lightning.prior import PriorModule
+from ptuning_lightning.results import fact_results
+from ptuning_lightning.selection import BestCheckpoint, PatientStopping
+from ptuning_lightning.train import main as train_main
+
+
+def batch(targets: list[int]) -> dict[str, torch.Tensor]:
+    return {"target_index": torch.tensor(targets), "index": torch.arange(len(targets))}
+
+
+def test_prior_answers_the_most_frequent_training_object(gpt2):
+    """Candidates 0..3; training objects 2, 1, 2, 1, 3: candidates 1 and 2 tie at two facts,
+    so the first listed (1) is the prior. Facts with gold 1, 1, 2, 0 score P@1 2/4."""
+    module = PriorModule(gpt2, torch.tensor([10, 11, 12, 13]), [2, 1, 2, 1, 3])
+    scores = module.scores(batch([1, 1, 2, 0]), module.prompt(), candidates=True)
+    assert scores.argmax(-1).tolist() == [1, 1, 1, 1]
+    assert scores[0].exp().tolist() == pytest.approx([0.0, 0.4, 0.4, 0.2])
+    module.test_p1.update(scores, torch.tensor([1, 1, 2, 0]))
+    assert float(module.test_p1.compute()) == 0.5
+
+
+def test_ptl_train_prior_scores_the_share_of_the_most_frequent_object(tmp_path, monkeypatch):
+    """``prompt=prior`` on P39 (tiny-gpt2): it predicts the most frequent training object of
+    the kept facts for every test fact, and its P@1 is that object's share of the test facts,
+    both counted here from the data files."""
+    out = tmp_path / "prior"
+    overrides = ["backbone=tiny-gpt2", "task.relation=P39", "prompt=prior", *QUIET]
+    monkeypatch.setattr("sys.argv", ["ptl-train", *overrides, f"hydra.run.dir={out}"])
+    train_main()
+    result = json.loads((out / "results.json").read_text())["relations"]["P39"]
+    rows = [json.loads(line) for line in (LAMA / "trex" / "P39" / "train.jsonl").open()]
+    prior, _ = Counter(row["obj"] for row in rows).most_common(1)[0]
+    assert result["most_predicted"] == prior == "bishop"
+    assert result["collapse_rate"] == 1.0
+    assert "epochs" not in result  # nothing trained
+    test = [json.loads(line) for line in (LAMA / "trex" / "P39" / "test.jsonl").open()]
+    kept = result["filter"]["test"]["kept"]
+    assert result["test_n"] == kept == len(result["test_hits"])
+    # every kept fact whose object is the prior is a hit; the kept facts are a subset of these
+    assert result["test_hits"].count("1") <= sum(row["obj"] == prior for row in test)
+    assert result["test_p1"] == pytest.approx(result["test_hits"].count("1") / kept)
+    assert set(result["test_predictions"]) == {prior}
+
+
+class Scripted(LightningModule):
+    """Logs a scripted dev P@1 per epoch; its one weight records the epoch it was saved at."""
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__()
+        self.scores, self.epoch_seen = scores, torch.nn.Parameter(torch.zeros(()))
+
+    def training_step(self, batch, batch_idx):
+        with torch.no_grad():
+            self.epoch_seen.fill_(self.current_epoch)
+        return (self.epoch_seen * 0).sum() + torch.zeros((), requires_grad=True)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("dev/P@1", self.scores[self.current_epoch])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def train_dataloader(self):
+        return DataLoader(torch.zeros(1, 1))
+
+    def val_dataloader(self):
+        return DataLoader(torch.zeros(1, 1))
+
+
+@pytest.mark.parametrize("ties_improve, best_epoch, epochs", [(True, 3, 7), (False, 0, 4)])
+def test_selection_ties_follow_the_papers_rule(tmp_path, ties_improve, best_epoch, epochs):
+    """Dev P@1 0.5, 0.4, 0.5, 0.5, 0.3, 0.3, 0.3 with patience 3: with ties improving (the
+    paper's ``>=``) epoch 3 is kept and patience restarts there, so training stops after epoch
+    6 (7 epochs run); strictly better only keeps epoch 0 and stops after epoch 3 (4 run)."""
+    scores = [0.5, 0.4, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]
+    checkpoint = BestCheckpoint(
+        ties_improve=ties_improve, dirpath=tmp_path, filename="best", monitor="dev/P@1", mode="max"
+    )
+    stopping = PatientStopping(ties_improve=ties_improve, monitor="dev/P@1", mode="max", patience=3)
+    trainer = L.Trainer(
+        max_epochs=len(scores),
+        callbacks=[checkpoint, stopping],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(Scripted(scores))
+    saved = torch.load(checkpoint.best_model_path, weights_only=True)["state_dict"]
+    assert int(saved["epoch_seen"]) == best_epoch
+    assert trainer.current_epoch == epochs
+
+
+def test_top_candidates_and_relation_mean_on_hand_made_batches():
+    top = TopCandidates()
+    scores = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    top.update(scores, torch.tensor([2, 0, 1]), torch.tensor([1, 0, 1]), torch.tensor([0, 0, 1]))
+    assert top.compute() == {1: {2: 1}, 0: {0: 0}}  # the padding copy is left out
+    mean = RelationMean(2)
+    mean.update(torch.tensor([1.0, 3.0, 5.0]), torch.tensor([0, 0, 1]))
+    assert mean.compute().tolist() == [2.0, 5.0]
+
+
+def test_fact_results_on_hand_made_facts():
+    examples = [{"index": i, "target_index": t} for i, t in enumerate([0, 1, 1, 2])]
+    top = {0: 0, 1: 2, 2: 2, 3: 2}
+    result = fact_results(examples, top, {0: "Paris", 2: "Rome"})
+    assert result["test_predictions"] == ["Paris", "Rome", "Rome", "Rome"]
+    assert result["test_hits"] == "1001"
+    assert result["collapse_rate"] == 0.75 and result["most_predicted"] == "Rome"
+
+
+def test_results_json_carries_the_instrumentation(tmp_path: Path, monkeypatch):
+    """A P-Tuning run on tiny-gpt2 records a loss per epoch, prompt and embedding norms, and
+    per-fact predictions whose hits reproduce test P@1 and whose mode gives the collapse rate."""
+    out = tmp_path / "run"
+    overrides = ["backbone=tiny-gpt2", "task.relation=P1376", "trainer.max_epochs=2", *QUIET]
+    monkeypatch.setattr("sys.argv", ["ptl-train", *overrides, f"hydra.run.dir={out}"])
+    train_main()
+    result = json.loads((out / "results.json").read_text())["relations"]["P1376"]
+    assert len(result["train_loss"]) == 2 and all(v > 0 for v in result["train_loss"])
+    assert result["test_p1"] == pytest.approx(result["test_hits"].count("1") / result["test_n"])
+    counts = Counter(result["test_predictions"])
+    assert result["collapse_rate"] == pytest.approx(max(counts.values()) / result["test_n"])
+    prompt = torch.load(out / "P1376" / "prompt.pt", weights_only=True)["embeddings"]
+    assert result["prompt_norm"] == pytest.approx(float(prompt.norm(dim=-1).mean()), rel=1e-5)
+    assert result["embedding_norm"] > 0
