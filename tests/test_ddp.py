@@ -180,9 +180,8 @@ def test_ptuning_under_ddp(jobs):
     """P-Tuning trains under DDP and scores every example once. Its prompt is not bit-equal to
     the single-process one: each step averages two per-rank gradients of 2 examples instead of
     one of 4 (the same examples, different float sums). Measured on CPU: the same dev and test
-    P@1 (0.2 and 0.09) on both, prompt embeddings within 4e-7 of each other (6e-7 on an
-    earlier torch). Training on the real model amplifies such differences (README,
-    "Distributed training")."""
+    P@1 (0.2 and 0.09) on both, prompt embeddings within 4e-7 of each other. Training
+    on the real model amplifies such differences (README, "DDP vs one process")."""
     single, ddp = result(jobs, "ptuning", "cpu"), result(jobs, "ptuning", "ddp")
     assert ddp["epochs"] == single["epochs"] == 1
     assert (ddp["dev_n"], ddp["test_n"]) == (single["dev_n"], single["test_n"]) == (5, 11)
