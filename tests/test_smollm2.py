@@ -69,7 +69,7 @@ def test_ptuning_trains_and_exports_on_smollm2(tmp_path, compose_cfg):
             "task.relation=P103",
             "trainer.max_epochs=1",
             "+trainer.limit_train_batches=3",
-            "optimizer.lr=1e-3",
+            "optimizer.lr=3e-4",  # the demo's: 2 of the 64 test facts right after 3 steps
             *LIMITS,
         ],
     )
@@ -79,6 +79,7 @@ def test_ptuning_trains_and_exports_on_smollm2(tmp_path, compose_cfg):
     prompt = torch.load(tmp_path / "P103" / "prompt.pt", weights_only=True)
     assert prompt["embeddings"].shape == (6, 576)  # [P*3] [X] [P*3] [Y]: 6 pseudo tokens
     expected = plain_test_p1(cfg, prompt["embeddings"])
+    assert expected > 0  # not a comparison of zeros
     assert result["relations"]["P103"]["test_p1"] == pytest.approx(expected, abs=1e-6)
     checkpoint = tmp_path / "P103" / "checkpoints" / "best.ckpt"
     assert checkpoint.stat().st_size < 100 * 2**20  # the encoder, not the 540 MB backbone
