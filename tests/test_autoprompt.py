@@ -87,20 +87,22 @@ def test_search_finds_the_planted_token_and_never_proposes_special_ones(gpt2, tm
 
 
 def test_saved_template_round_trips(gpt2, tmp_path):
-    """The exported text, tokenized again, is exactly the searched token sequence."""
+    """The exported text, tokenized again, is exactly the searched token sequence: the
+    subject, then the trigger, then the answer read at the last position."""
     backbone, trigger, _ = planted_world(gpt2, tmp_path)
     data = planted_data(backbone, tmp_path)
     module = search(backbone, data, tmp_path)
     embeddings, text = module.exported(SEARCH)
     assert text == "[X] river [Y]" and embeddings.numel() == 0
+    expected = backbone.tokenizer("Person 3")["input_ids"] + [trigger]  # " river"
     searched = data.encoder.encode({"X": "Person 3"})
+    pairs = zip(searched.input_ids, searched.prompt_index, strict=True)
+    searched_ids = [trigger if k >= 0 else t for t, k in pairs]
     plain = TemplateTokenizer(Template.parse(text), backbone.tokenizer, "causal").encode(
         {"X": "Person 3"}
     )
-    pairs = zip(searched.input_ids, searched.prompt_index, strict=True)
-    expected = [trigger if k >= 0 else t for t, k in pairs]
-    assert plain.input_ids == expected
-    assert plain.answer_position == searched.answer_position
+    assert plain.input_ids == searched_ids == expected
+    assert plain.answer_position == searched.answer_position == len(expected) - 1
 
 
 def test_every_allowed_token_comes_back_as_itself(gpt2):

@@ -177,17 +177,18 @@ def test_manual_prompt_scores_match_exactly(jobs):
 
 
 def test_ptuning_under_ddp(jobs):
-    """P-Tuning trains under DDP and scores every example once. Its numbers are not exactly
-    the single-process ones: each step averages two per-rank gradients of 2 examples instead
-    of one of 4 (the same examples, different float sums). Measured on CPU: the same dev and
-    test P@1 (0.2 and 0.09) on both, prompt embeddings within 6e-7 of each other (the
-    encoder's weights within 2e-5)."""
+    """P-Tuning trains under DDP and scores every example once. Its prompt is not bit-equal to
+    the single-process one: each step averages two per-rank gradients of 2 examples instead of
+    one of 4 (the same examples, different float sums). Measured on CPU: the same dev and test
+    P@1 (0.2 and 0.09) on both, prompt embeddings within 4e-7 of each other. Training
+    on the real model amplifies such differences (README, "DDP vs one process")."""
     single, ddp = result(jobs, "ptuning", "cpu"), result(jobs, "ptuning", "ddp")
     assert ddp["epochs"] == single["epochs"] == 1
-    assert (ddp["dev_n"], ddp["test_n"]) == (5, 11)
-    assert 0 <= ddp["dev_p1"] <= 1 and 0 <= ddp["test_p1"] <= 1
+    assert (ddp["dev_n"], ddp["test_n"]) == (single["dev_n"], single["test_n"]) == (5, 11)
+    assert ddp["dev_p1"] == single["dev_p1"] > 0
+    assert ddp["test_p1"] == single["test_p1"] > 0
     prompts = [
         torch.load(jobs["ptuning", t] / RELATION / "prompt.pt", weights_only=True)["embeddings"]
         for t in ("cpu", "ddp")
     ]
-    assert torch.allclose(*prompts, atol=1e-4)  # the same global batches: nearly equal
+    torch.testing.assert_close(*prompts, rtol=0, atol=1e-6)  # the same global batches

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import write_jsonl
 
 from ptuning_lightning.data.jsonl import DataError
@@ -102,13 +103,50 @@ def test_unknown_source_lists_valid_ones():
         published_template(LAMA, "lpaqa", "P19")
 
 
-def test_discrete_prompt_is_evaluated_not_trained(tmp_path, compose_cfg):
-    """ptl-train prompt=discrete scores the LPAQA template (dev and test), trains nothing."""
+# P1376 objects that are one token of the tiny GPT-2 tokenizer: with these 11 candidates the
+# random model gets a test fact right (1 of 15; 0 of 7 on dev), so its P@1 is not only zeros.
+FEW_WORDS = ["Japan", "Taiwan", "Santiago", "Victoria", "Alabama", "Greece", "Georgia"]
+FEW_WORDS += ["Indonesia", "Serbia", "Punjab", "Venezuela"]
+
+
+def few_words_lama(root):
+    """The bundled P1376 data and prompts with the 29k word list replaced by FEW_WORDS."""
+    (root / "trex").mkdir(parents=True)
+    (root / "prompts").symlink_to(LAMA / "prompts")
+    (root / "trex" / "P1376").symlink_to(LAMA / "trex" / "P1376")
+    (root / "relations.jsonl").symlink_to(LAMA / "relations.jsonl")
+    (root / "vocab").mkdir()
+    lists = {"bert-base-cased": FEW_WORDS, "gpt2-xl": ["Ġ" + w for w in FEW_WORDS]}
+    (root / "vocab" / "29k-vocab.json").write_text(json.dumps(lists))
+    return root
+
+
+def plain_p1(gpt2, split: str, template: str) -> tuple[int, int]:
+    """(correct, n) of ``template`` on P1376's split, by a plain transformers forward of each
+    fact's text up to [Y]: the argmax over the candidate words at the last position."""
+    vocab = gpt2.tokenizer.get_vocab()
+    candidates = [vocab["Ġ" + w] for w in FEW_WORDS]  # each one token, with its space
+    facts = [json.loads(line) for line in (LAMA / "trex" / "P1376" / f"{split}.jsonl").open()]
+    kept = [f for f in facts if f["obj"] in FEW_WORDS]
+    correct = 0
+    for fact in kept:
+        text = template.split(" [Y]")[0].replace("[X]", fact["sub"])
+        ids = torch.tensor([gpt2.tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            logits = gpt2.model(ids).logits[0, -1, candidates]
+        correct += FEW_WORDS[int(logits.argmax())] == fact["obj"]
+    return correct, len(kept)
+
+
+def test_discrete_prompt_is_evaluated_not_trained(tmp_path, compose_cfg, gpt2):
+    """ptl-train prompt=discrete scores the LPAQA template (dev and test), trains nothing, and
+    its P@1 is that of the plain model reading each fact's text."""
     overrides = [
         "backbone=tiny-gpt2",
         "prompt=discrete",
         "prompt.source=lpaqa_mine",
         "task.relation=P1376",
+        f"task.data_root={few_words_lama(tmp_path / 'lama')}",
     ]
     run(compose_cfg("train", tmp_path, overrides))
     results = json.loads((tmp_path / "results.json").read_text())
@@ -116,8 +154,11 @@ def test_discrete_prompt_is_evaluated_not_trained(tmp_path, compose_cfg):
     relation = results["relations"]["P1376"]
     assert relation["template"] == "[X] is the county seat of [Y] ."
     assert "epochs" not in relation
-    assert 0.0 <= relation["dev_p1"] <= 1.0 and 0.0 <= relation["test_p1"] <= 1.0
-    assert relation["dev_n"] > 0 and relation["test_n"] > 0
+    counts = {split: plain_p1(gpt2, split, relation["template"]) for split in ("dev", "test")}
+    assert counts["test"][0] > 0
+    for split, (correct, n) in counts.items():
+        assert relation[f"{split}_n"] == n
+        assert relation[f"{split}_p1"] == pytest.approx(correct / n, abs=1e-6)
     assert not list(tmp_path.rglob("checkpoints"))
     assert not list(tmp_path.rglob("*.ckpt"))
     assert not (tmp_path / "P1376" / "prompt.pt").exists()

@@ -82,3 +82,48 @@ def test_fixed_prompt_has_nothing_to_train():
     assert torch.equal(fixed(), embeddings)
     assert list(fixed.state_dict()) == ["embeddings"]
     assert fixed.to(torch.float64)().dtype == torch.float64
+
+
+# --- the architecture, by behaviour --------------------------------------------------------
+
+
+def test_lstm_encoder_reads_later_pseudo_tokens():
+    """Bidirectional: the first pseudo token's output depends on the last one's input (a
+    unidirectional LSTM would give it a zero gradient), and the last on the first."""
+    encoder = LSTMPromptEncoder(5, 8, hidden_size=6)
+    inputs = encoder.embedding.weight
+    from_last = torch.autograd.grad(encoder()[0].sum(), inputs)[0][-1]
+    from_first = torch.autograd.grad(encoder()[-1].sum(), inputs)[0][0]
+    assert from_last.abs().sum() > 0 and from_first.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("hidden", "per_direction"), [(None, 4), (6, 3)])
+def test_lstm_encoder_is_the_papers_architecture(hidden, per_direction):
+    """The output equals a hand-built 2-layer bidirectional ``torch.nn.LSTM`` with hidden/2
+    units per direction (hidden defaults to the embedding size), followed by Linear-ReLU-Linear
+    written out, all with the encoder's weights: one layer, one direction or another width
+    would not load into the reference."""
+    torch.manual_seed(0)
+    encoder = LSTMPromptEncoder(5, 8, hidden_size=hidden)
+    reference = torch.nn.LSTM(8, per_direction, num_layers=2, bidirectional=True)
+    reference.load_state_dict(encoder.lstm.state_dict())  # strict: same layers and widths
+    first, second = (m for m in encoder.mlp if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        states, _ = reference(encoder.embedding.weight[:, None])  # (seq, batch=1, 2 * per_dir)
+        hidden_states = torch.relu(states[:, 0] @ first.weight.T + first.bias)
+        expected = hidden_states @ second.weight.T + second.bias
+        assert torch.allclose(encoder(), expected, atol=1e-6)
+    assert states.shape[-1] == 2 * per_direction
+
+
+def test_mlp_encoder_is_linear_relu_linear():
+    """The MLP encoder's output equals Linear-ReLU-Linear of the pseudo-token inputs, written
+    out with its weights (hidden_size wide)."""
+    torch.manual_seed(0)
+    encoder = MLPPromptEncoder(4, 8, hidden_size=6)
+    first, second = (m for m in encoder.mlp if isinstance(m, torch.nn.Linear))
+    assert first.weight.shape == (6, 8) and second.weight.shape == (8, 6)
+    inputs = encoder.embedding.weight
+    with torch.no_grad():
+        expected = torch.relu(inputs @ first.weight.T + first.bias) @ second.weight.T + second.bias
+        assert torch.allclose(encoder(), expected, atol=1e-6)

@@ -86,24 +86,38 @@ def test_single_token_filter_uses_the_answer_slot_spacing(tmp_path, gpt2):
     assert data.stats["test"] == stats((3, 0, 2, 1))
 
 
+def answer_token(backbone, word: str) -> int:
+    """The id of ``word`` as the answer slot holds it, spelled by hand: GPT-2's byte-level BPE
+    marks the leading space with "Ġ"; BERT's WordPiece has no space marker."""
+    token = "Ġ" + word if backbone.kind == "causal" else word
+    assert token in backbone.tokenizer.get_vocab(), token  # one token of the tiny tokenizer
+    return backbone.tokenizer.convert_tokens_to_ids(token)
+
+
 def test_candidates_are_single_token_words(lama, backbone):
     """Candidates: every single-token word of the list, in list order, each once."""
     data = data_module(lama, backbone)
-    expected = [data.encoder.answer_ids(w)[0] for w in ["Paris", "France", "Serbia"]]
+    expected = [answer_token(backbone, w) for w in ["Paris", "France", "Serbia"]]
     assert data.candidate_ids.tolist() == expected
 
 
 def test_examples_point_at_their_gold_candidate(lama, backbone):
     """target_index indexes candidate_ids, target_token is the object's token, and the input
-    is the encoded template with the subject."""
+    is the template's text with the subject, tokenized as plain text: a causal LM reads up to
+    the answer slot (its last token), a masked LM gets the mask token there."""
     data = data_module(lama, backbone)
     for split, examples in data.datasets.items():
         assert [e["index"] for e in examples] == list(range(len(examples))), split
         for e in examples:
-            token = data.encoder.answer_ids(e["obj"])
-            assert token == [e["target_token"]]
+            assert e["target_token"] == answer_token(backbone, e["obj"])
             assert data.candidate_ids[e["target_index"]].item() == e["target_token"]
-            assert e["input_ids"] == data.encoder.encode({"X": e["sub"]}).input_ids
+            if backbone.kind == "causal":
+                text, answer = f"{e['sub']} is located in", -1
+            else:
+                text = f"{e['sub']} is located in {backbone.tokenizer.mask_token} ."
+                answer = -3  # [MASK] . [SEP]
+            assert e["input_ids"] == backbone.tokenizer(text)["input_ids"]
+            assert e["answer_position"] == len(e["input_ids"]) + answer
 
 
 def test_full_vocabulary_keeps_every_single_token_object(lama, backbone):

@@ -31,13 +31,16 @@ def test_fill_relation_places_the_manual_words():
 
 def test_mixed_prompt_starts_from_the_manual_words(tmp_path, compose_cfg, gpt2):
     """P1376's manual template is "[X] is the capital of [Y] .": its four relation words,
-    cycled, start the six pseudo tokens."""
+    cycled, start the six pseudo tokens, each as the mean embedding of its tokens."""
     cfg = compose_cfg("train", tmp_path, [*MIXED, "encoder=none", "encoder.init_words=manual"])
     module, data, trainable = build_relation(cfg, gpt2)
     assert data.template_source == "[P*3] [X] is the capital of [P*3] [Y]"
     assert trainable and data.template.n_prompt == 6
-    words = ["is", "the", "capital", "of", "is", "the"]
-    expected = gpt2.word_vectors(words)
+    # each word's tokens in the tiny GPT-2 tokenizer, spelled by hand ("Ġ" is the space)
+    pieces = {"is": ["Ġ", "is"], "the": ["Ġthe"], "capital": ["Ġc", "ap", "ital"], "of": ["Ġof"]}
+    table = gpt2.model.get_input_embeddings().weight.detach()
+    rows = {w: table[gpt2.tokenizer.convert_tokens_to_ids(t)].mean(0) for w, t in pieces.items()}
+    expected = torch.stack([rows[w] for w in ["is", "the", "capital", "of", "is", "the"]])
     torch.testing.assert_close(module.prompt().detach(), expected)
 
 

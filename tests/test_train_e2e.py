@@ -36,10 +36,18 @@ FEW_WORDS = [
 ]
 
 LEARN = ("optimizer.lr=0.01", "prompt.loss_over=candidates")  # learn something in one epoch
+EPOCHS = 3
+# A second checkpoint callback that keeps every epoch's weights (the final ones included).
+EVERY_EPOCH = (
+    "+callbacks.every_epoch._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+    "+callbacks.every_epoch.save_top_k=-1",
+)
 
 
-def train(compose_cfg, out: Path, backbone: str, prompt: str, *overrides: str) -> dict:
-    """ptl-train for one epoch on P1376; returns its results.json."""
+def train(
+    compose_cfg, out: Path, backbone: str, prompt: str, *overrides: str, epochs: int = 1
+) -> dict:
+    """ptl-train for ``epochs`` epochs on P1376; returns its results.json."""
     run(
         compose_cfg(
             "train",
@@ -48,7 +56,7 @@ def train(compose_cfg, out: Path, backbone: str, prompt: str, *overrides: str) -
                 f"backbone={backbone}",
                 f"prompt={prompt}",
                 f"task.relation={RELATION}",
-                "trainer.max_epochs=1",
+                f"trainer.max_epochs={epochs}",
                 *overrides,
             ],
         )
@@ -73,7 +81,9 @@ def few_words_lama(tmp_path_factory) -> Path:
 def ptuning_run(request, tmp_path_factory, compose_cfg, few_words_lama):
     """One P-Tuning run per tiny backbone, then ptl-eval of the prompt it exported."""
     out, data = tmp_path_factory.mktemp(request.param), f"task.data_root={few_words_lama}"
-    results = train(compose_cfg, out / "train", request.param, "ptuning", data, *LEARN)
+    every_epoch = f"+callbacks.every_epoch.dirpath={out / 'every_epoch'}"
+    overrides = (data, *LEARN, *EVERY_EPOCH, every_epoch)
+    results = train(compose_cfg, out / "train", request.param, "ptuning", *overrides, epochs=EPOCHS)
     overrides = [
         f"backbone={request.param}",
         "prompt=exported",
@@ -104,24 +114,38 @@ def test_train_writes_results(ptuning_run):
     relation = results["relations"][RELATION]
     assert_scores(relation)
     assert relation["template"] == PAPER
-    assert relation["epochs"] == 1
+    assert relation["epochs"] == EPOCHS
     assert relation["filter"]["train"]["facts"] == 248  # every line of train.jsonl is read
     assert [relation["filter"][s]["kept"] for s in ("train", "dev", "test")] == [20, 7, 20]
     assert results["macro"] == {"dev_p1": relation["dev_p1"], "test_p1": relation["test_p1"]}
 
 
+def checkpoint_prompt(path: Path, name: str) -> tuple[int, torch.Tensor]:
+    """(epoch, encoder output) of a checkpoint: the encoder rebuilt from its state dict."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    encoder = LSTMPromptEncoder(SEEN_PSEUDO_TOKENS[name], 64)  # encoder=lstm on hidden size 64
+    state = checkpoint["state_dict"]
+    encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items()})
+    with torch.no_grad():
+        return checkpoint["epoch"], encoder()
+
+
 def test_exported_prompt_is_the_best_checkpoint(ptuning_run):
-    """prompt.pt holds the encoder output of the dev-selected checkpoint, one row per pseudo
-    token the backbone sees, tagged with its template and backbone."""
+    """prompt.pt holds the encoder output of the dev-selected checkpoint, not the final one,
+    one row per pseudo token the backbone sees, tagged with its template and backbone. Dev
+    P@1 peaks in the first epoch in these runs (ties keep the earlier), so best and final
+    differ (``EVERY_EPOCH`` keeps the final epoch's weights)."""
     name, out, _, _ = ptuning_run
     exported = torch.load(out / "train" / RELATION / "prompt.pt", weights_only=True)
     assert (exported["template"], exported["backbone"]) == (PAPER, name)
-    checkpoint = out / "train" / RELATION / "checkpoints" / "best.ckpt"
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    encoder = LSTMPromptEncoder(SEEN_PSEUDO_TOKENS[name], 64)  # encoder=lstm on hidden size 64
-    encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items()})
-    with torch.no_grad():
-        assert torch.allclose(exported["embeddings"], encoder(), rtol=0, atol=1e-6)
+    best_epoch, best = checkpoint_prompt(
+        out / "train" / RELATION / "checkpoints" / "best.ckpt", name
+    )
+    (last,) = (out / "every_epoch").glob(f"epoch={EPOCHS - 1}-*.ckpt")  # Lightning's name
+    final_epoch, final = checkpoint_prompt(last, name)
+    assert best_epoch < final_epoch == EPOCHS - 1
+    assert (best - final).abs().max() > 1e-2  # training went on after the best epoch
+    torch.testing.assert_close(exported["embeddings"], best, rtol=0, atol=1e-6)
 
 
 def test_eval_of_exported_prompt_reproduces_training_scores(ptuning_run):
