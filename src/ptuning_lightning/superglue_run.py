@@ -32,12 +32,12 @@ from ptuning_lightning.sweeps import RESULTS, last_checkpoint
 log = logging.getLogger(__name__)
 METHODS = ("manual", "ptuning", "ptuning_finetune", "finetune")
 LAMA_CALLBACKS = ("prediction_table", "prompt_neighbours")  # read LAMA batches
-# LAMA's optimisation settings that the few-shot protocol replaces, and what to set instead:
-# the per-task learning rates (conf/task/<task>.yaml) and a constant learning rate.
+# LAMA's optimisation settings that the few-shot protocol replaces, and what it uses instead:
+# the per-task learning rates (conf/task/<task>.yaml), kept constant.
 REPLACED = {
-    "optimizer.lr": "task.train.lr",
-    "prompt.backbone_lr": "task.train.backbone_lr",
-    "scheduler": "nothing: SuperGLUE keeps the learning rate constant over task.train.max_steps",
+    "optimizer.lr": "set task.train.lr",
+    "prompt.backbone_lr": "set task.train.backbone_lr",
+    "scheduler": "the learning rate is constant over task.train.max_steps",
 }
 
 
@@ -56,7 +56,7 @@ def refuse_replaced(cfg: DictConfig, overrides: list[str]) -> None:
         for setting, instead in REPLACED.items():
             if key == setting or key.startswith(f"{setting}."):
                 raise ValueError(
-                    f"{key} is not used by SuperGLUE tasks (task={cfg.task.name}); set {instead}"
+                    f"{key} is not used by SuperGLUE tasks (task={cfg.task.name}); {instead}"
                 )
 
 

@@ -135,6 +135,9 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
     def items(self, record: dict, where: str) -> list[Item]:
         """The decisions of one record; ``where`` ("file, line n") is for error messages.
         By default one decision over the label words, the slots being the ``fields``."""
+        missing = [k for k in self.fields if not isinstance(record.get(k), str)]
+        if missing:
+            raise DataError(f"{where}: missing or non-text field(s) {missing}")
         inputs = {k: self.clean(k, record[k]) for k in self.fields}
         return [Item(inputs, self.label_words(), self.label_index(record, where))]
 
