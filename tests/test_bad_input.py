@@ -11,7 +11,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
@@ -24,7 +23,6 @@ from ptuning_lightning.data.superglue.copa import COPADataModule
 from ptuning_lightning.data.superglue.rte import RTEDataModule
 from ptuning_lightning.encoders import LSTMPromptEncoder
 from ptuning_lightning.experiment import CONFIG_DIR, ROOT, build_encoder, build_relation
-from ptuning_lightning.module import PromptModule
 from ptuning_lightning.superglue_run import build_task, run_task
 from ptuning_lightning.templates import TemplateError
 
@@ -257,11 +255,6 @@ def test_global_batch_must_divide_by_the_world_size():
     data.trainer = SimpleNamespace(world_size=3, global_rank=0)
     with pytest.raises(ValueError, match=r"task\.batch_size=8 .* world size 3"):
         data.train_dataloader()
-
-
-def test_template_ensemble_cannot_train(gpt2):
-    with pytest.raises(ValueError, match="a template ensemble is evaluation only"):
-        PromptModule(gpt2, torch.tensor([0]), optimizer=object, template_weights=[0.5, 0.5])
 
 
 # --- SuperGLUE ------------------------------------------------------------------------------
