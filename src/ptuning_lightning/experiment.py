@@ -148,7 +148,9 @@ def build_relation(
         )
         return module, data, True
     if encoder is None and data.template.n_prompt:
-        manual = relation_template(cfg) if cfg.encoder.get("init_words") == "manual" else None
+        manual = None
+        if cfg.encoder.get("init_words") == "manual":
+            manual = manual_template(cfg.task.data_root, cfg.task.relation)
         encoder = build_encoder(cfg.encoder, data.template.n_prompt, backbone, manual)
     trainable = finetune or (
         encoder is not None and any(p.requires_grad for p in encoder.parameters())
@@ -295,18 +297,15 @@ def build_prompt(
     if cfg.prompt.name != "exported":
         template = cfg.prompt.template
         if template and ("{manual}" in template or "{relation}" in template):
-            template = fill_relation(template, relation_template(cfg))
+            template = fill_relation(
+                template, manual_template(cfg.task.data_root, cfg.task.relation)
+            )
         return None, template, None
     path = Path(cfg.prompt.path)
     if path.is_dir():
         path = path / cfg.task.relation / "prompt.pt"
     embeddings, template = load_prompt(path, backbone.name)
     return FixedPrompt(embeddings), template, None
-
-
-def relation_template(cfg: DictConfig) -> str:
-    """The manual template of the job's relation (``relations.jsonl``)."""
-    return manual_template(cfg.task.data_root, cfg.task.relation)
 
 
 def build_encoder(
