@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,7 +19,6 @@ import yaml
 from torch.utils.data import DataLoader
 
 from ptuning_lightning.data.batching import EpochShuffleSampler, EvalShardSampler, PaddedSplit
-from ptuning_lightning.data.lama import LamaDataModule
 from ptuning_lightning.experiment import ROOT
 from ptuning_lightning.metrics import ExampleCount, PrecisionAtOne
 
@@ -80,15 +78,6 @@ def test_eval_shards_count_every_example_once():
     assert [len(EvalShardSampler(7, rank=r, world_size=3)) for r in range(3)] == [3, 3, 3]
     sharded = [states(rank, 3) for rank in range(3)]
     assert tuple(map(sum, zip(*sharded, strict=True))) == states(0, 1) == (4, 7)
-
-
-def test_global_batch_must_divide_by_the_world_size():
-    """task.batch_size is global: 8 over 3 processes is an error naming both."""
-    data = LamaDataModule.__new__(LamaDataModule)
-    data.datasets, data.batch_size, data.seed = {"train": [{}] * 10}, 8, 34
-    data.trainer = SimpleNamespace(world_size=3, global_rank=0)
-    with pytest.raises(ValueError, match=r"task\.batch_size=8 .* world size 3"):
-        data.train_dataloader()
 
 
 # --- ptl-train, end to end ------------------------------------------------------------------

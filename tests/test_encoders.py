@@ -40,6 +40,19 @@ def test_init_vectors_are_copied(cls):
     assert torch.equal(vectors, torch.arange(12.0).reshape(3, 4))
 
 
+@pytest.mark.parametrize("cls", ENCODERS)
+def test_init_vectors_start_the_prompt(cls):
+    """The prompt itself (the encoder's output, what the backbone sees), not only the LSTM or
+    MLP input, starts at the given words, dropout or not; training changes it from there."""
+    vectors = torch.randn(3, 8)
+    kw = {} if cls is PromptEncoder else {"hidden_size": 6, "dropout": 0.5}
+    encoder = cls(3, 8, init_vectors=vectors, **kw)
+    torch.testing.assert_close(encoder.eval()(), vectors)
+    with torch.no_grad():
+        encoder.embedding.weight.add_(1.0)
+    assert not torch.allclose(encoder(), vectors)
+
+
 @pytest.mark.parametrize(("init_std", "expected"), [(None, 0.02), (1.0, 1.0), (5.0, 5.0)])
 def test_init_std(init_std, expected):
     """Random rows are N(0, init_std); ``init_std=None`` uses the backbone's embedding spread."""

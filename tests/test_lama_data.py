@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from ptuning_lightning.data.batching import EpochShuffleSampler, collate
-from ptuning_lightning.data.jsonl import DataError
-from ptuning_lightning.data.lama import LamaDataModule, resolve_relations
+from ptuning_lightning.data.lama import LamaDataModule
 
 # In the tiny tokenizers " Paris", " France", " Serbia" are one token, " Shire" and " Gondor"
 # several; "Tokyo", "Rome" and "Zzyzx" are not in the word list. Glued to a bracket ("(Paris"),
@@ -139,77 +138,7 @@ def test_template_counts_the_pseudo_tokens_the_model_sees(lama, backbone):
         assert [k for k in e["prompt_index"] if k >= 0] == list(range(n))
 
 
-# --- bad input ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("dev", "message"),
-    [
-        ('{"sub": "A", "obj": "Paris"}\n{"sub": "B", "obj": \n', "line 2: malformed JSON"),
-        ('{"sub": "A", "obj": "Paris"}\n\n{"sub": "B"}\n', "line 3: missing field(s) ['obj']"),
-        ('["A", "Paris"]\n', "line 1: expected a JSON object"),
-    ],
-)
-def test_bad_jsonl_names_file_and_line(tmp_path, gpt2, dev, message):
-    """Broken data points at the exact file and line (blank lines still count)."""
-    root = make_lama(tmp_path, facts={**FACTS, "dev": dev})
-    with pytest.raises(DataError) as err:
-        data_module(root, gpt2)
-    assert str(root / "trex" / "P99" / "dev.jsonl") in str(err.value)
-    assert message in str(err.value)
-
-
-def test_missing_split_file_is_named(tmp_path, gpt2):
-    """A relation folder without one of its splits names the missing file."""
-    root = make_lama(tmp_path, facts={"train": FACTS["train"], "dev": FACTS["dev"]})
-    with pytest.raises(DataError, match=r"data file not found: .*test\.jsonl"):
-        data_module(root, gpt2)
-
-
-def test_unknown_relation_lists_valid_ones(tmp_path):
-    """task.relation accepts one id, a list or ``all``; a typo lists the valid relations."""
-    root = make_lama(tmp_path)
-    (root / "trex" / "P7").mkdir()
-    with pytest.raises(DataError, match=r"unknown relation\(s\) \['P1'\]; valid: P7, P99"):
-        resolve_relations(["P99", "P1"], root)
-    assert resolve_relations("all", root) == ["P7", "P99"]
-    assert resolve_relations("P99", root) == ["P99"]
-
-
-def test_missing_data_root(tmp_path):
-    """A data_root without trex/ is reported as such, not as an unknown relation."""
-    with pytest.raises(DataError, match="no LAMA T-REx folder"):
-        resolve_relations("P99", tmp_path)
-
-
-@pytest.mark.parametrize(
-    ("objects", "reason"),
-    [
-        (["Tokyo", "Rome"], "the 29k vocabulary filter"),
-        (["Shire", "Gondor", "Tokyo"], "the single-token filter"),
-    ],
-)
-def test_no_facts_left_names_the_filter(tmp_path, backbone, objects, reason):
-    """A split emptied by filtering says which filter emptied it and the counts."""
-    facts = {**FACTS, "test": [(f"S{i}", o) for i, o in enumerate(objects)]}
-    root = make_lama(tmp_path, facts=facts)
-    with pytest.raises(DataError, match="no facts left") as err:
-        data_module(root, backbone)
-    assert reason in str(err.value)
-    assert "test.jsonl" in str(err.value)
-    assert f"'facts': {len(objects)}" in str(err.value)
-
-
-def test_unknown_vocabulary_name(lama, gpt2):
-    """task.vocab must be one of the known lists; the error names them."""
-    with pytest.raises(DataError, match=r"unknown vocabulary '40k'; choose from \['29k'"):
-        data_module(lama, gpt2, vocab="40k")
-
-
-def test_unknown_vocabulary_key(lama, gpt2):
-    """backbone.vocab_key must be a list in the vocabulary file; the error names the file."""
-    with pytest.raises(DataError, match="'roberta-large' is not in .*29k-vocab.json"):
-        data_module(lama, gpt2, vocab_key="roberta-large")
+# --- bad input: tests/test_bad_input.py ---------------------------------------------------
 
 
 # --- batching ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptuning_lightning.experiment import build_encoder, build_relation
+from ptuning_lightning.experiment import build_relation
 from ptuning_lightning.templates import TemplateError, fill_relation, relation_words
 
 MIXED = ["backbone=tiny-gpt2", "prompt=mixed", "task.relation=P1376"]
@@ -44,7 +44,10 @@ def test_mixed_prompt_starts_from_the_manual_words(tmp_path, compose_cfg, gpt2):
     torch.testing.assert_close(module.prompt().detach(), expected)
 
 
-def test_manual_init_without_relation_words_names_the_template(tmp_path, compose_cfg, gpt2):
-    cfg = compose_cfg("train", tmp_path, [*MIXED, "encoder.init_words=manual"])
-    with pytest.raises(TemplateError, match=r"'\[X\] \[Y\] \.' has no words between"):
-        build_encoder(cfg.encoder, 3, gpt2, manual="[X] [Y] .")
+def test_lstm_mixed_prompt_starts_at_the_manual_words(tmp_path, compose_cfg, gpt2):
+    """With the paper's LSTM encoder too, the pseudo tokens the backbone sees start at the
+    relation words (not just the LSTM's input)."""
+    cfg = compose_cfg("train", tmp_path, [*MIXED, "encoder=lstm", "encoder.init_words=manual"])
+    module, _, _ = build_relation(cfg, gpt2)
+    expected = gpt2.word_vectors(["is", "the", "capital", "of", "is", "the"])
+    torch.testing.assert_close(module.eval().prompt().detach(), expected)

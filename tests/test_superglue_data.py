@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from ptuning_lightning.data.jsonl import DataError
 from ptuning_lightning.data.superglue.boolq import BoolQDataModule
 from ptuning_lightning.data.superglue.cb import CBDataModule
 from ptuning_lightning.data.superglue.copa import COPADataModule
@@ -108,23 +107,3 @@ def test_record_candidates_and_golds(gpt2):
     (example,) = data.encode_file(FEWGLUE / "ReCoRD" / "train.jsonl", "train", limit=1)
     assert example["candidate_em"][example["label"]] == 1.0
     assert max(example["candidate_f1"]) == 1.0
-
-
-def test_unknown_label_names_file_line_and_labels(tmp_path, gpt2):
-    folder = tmp_path / "RTE"
-    folder.mkdir()
-    good = '{"premise": "A dog runs.", "hypothesis": "An animal runs.", "label": "entailment"}'
-    bad = '{"premise": "A dog runs.", "hypothesis": "A cat runs.", "label": "contradiction"}'
-    (folder / "train.jsonl").write_text(f"{good}\n{bad}\n")
-    data = RTEDataModule(gpt2.tokenizer, "causal", str(tmp_path))
-    with pytest.raises(DataError) as err:
-        data.encode_file(folder / "train.jsonl", "train")
-    message = str(err.value)
-    assert "train.jsonl, line 2" in message
-    assert "'contradiction'" in message
-    assert "['entailment', 'not_entailment']" in message
-
-
-def test_unknown_pattern_id_lists_the_ids(gpt2):
-    with pytest.raises(ValueError, match=r"ids \[0, 1, 2\]"):
-        RTEDataModule(gpt2.tokenizer, "causal", str(FEWGLUE), pattern=9)

@@ -25,20 +25,41 @@ class PromptEncoder(nn.Module):
         init_vectors: torch.Tensor | None = None,
         embedding_std: float = 1.0,
     ) -> None:
-        """``init_vectors`` (n_tokens, embed_dim) start the prompt from given words; otherwise
-        rows are N(0, init_std), where ``init_std=None`` means ``embedding_std``, the spread
-        of the backbone's own word embeddings."""
+        """``init_vectors`` (n_tokens, embed_dim) start the prompt from given words: they are
+        the input embeddings, and encoders with layers also start their output there
+        (``start_at``); otherwise rows are N(0, init_std), where ``init_std=None`` means
+        ``embedding_std``, the spread of the backbone's own word embeddings."""
         super().__init__()
         self.n_tokens, self.embed_dim = n_tokens, embed_dim
         self.embedding = nn.Embedding(n_tokens, embed_dim)
+        # start_at's constant: derived from the seeded initialisation, so not checkpointed
+        self.register_buffer("offset", None, persistent=False)
         with torch.no_grad():
             if init_vectors is not None:
                 self.embedding.weight.copy_(init_vectors)
             else:
                 self.embedding.weight.normal_(0.0, embedding_std if init_std is None else init_std)
 
+    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(n_tokens, embed_dim) input embeddings -> the prompt; here the identity."""
+        return inputs
+
     def forward(self) -> torch.Tensor:
-        return self.embedding.weight
+        prompt = self.encode(self.embedding.weight)
+        return prompt if self.offset is None else prompt + self.offset
+
+    def start_at(self, vectors: torch.Tensor | None) -> None:
+        """Make the initial prompt (in eval mode, without dropout) equal ``vectors``, as the
+        paper's mixed prompts start the pseudo tokens at the words: a constant offset, the
+        words minus the encoder's initial output, is added to the output. It has no gradient,
+        so training moves the prompt exactly as it moves the encoder's own output."""
+        if vectors is None:
+            return
+        training = self.training
+        self.eval()
+        with torch.no_grad():
+            self.offset = vectors.float() - self.encode(self.embedding.weight)
+        self.train(training)
 
 
 class LSTMPromptEncoder(PromptEncoder):
@@ -54,6 +75,11 @@ class LSTMPromptEncoder(PromptEncoder):
     ) -> None:
         super().__init__(n_tokens, embed_dim, **init)
         hidden = hidden_size or embed_dim
+        if hidden % 2:
+            raise ValueError(
+                f"encoder.hidden_size must be even for the LSTM encoder (the bi-LSTM has "
+                f"hidden_size/2 per direction), got {hidden}"
+            )
         self.lstm = nn.LSTM(
             embed_dim,
             hidden // 2,
@@ -63,9 +89,10 @@ class LSTMPromptEncoder(PromptEncoder):
             batch_first=True,
         )
         self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, embed_dim))
+        self.start_at(init.get("init_vectors"))
 
-    def forward(self) -> torch.Tensor:
-        out, _ = self.lstm(self.embedding.weight.unsqueeze(0))
+    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(inputs.unsqueeze(0))
         return self.mlp(out.squeeze(0))
 
 
@@ -88,9 +115,10 @@ class MLPPromptEncoder(PromptEncoder):
             nn.Dropout(dropout),
             nn.Linear(hidden, embed_dim),
         )
+        self.start_at(init.get("init_vectors"))
 
-    def forward(self) -> torch.Tensor:
-        return self.mlp(self.embedding.weight)
+    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.mlp(inputs)
 
 
 class FixedPrompt(nn.Module):

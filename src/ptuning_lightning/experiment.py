@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptuning_lightning.autoprompt import AutoPromptModule
 from ptuning_lightning.backbones import Backbone
-from ptuning_lightning.data.lama import LamaDataModule, manual_templates, resolve_relations
+from ptuning_lightning.data.lama import LamaDataModule, manual_template, resolve_relations
 from ptuning_lightning.data.multi_relation import MultiRelationData
 from ptuning_lightning.discrete_prompts import published_templates
 from ptuning_lightning.distributed import end_finished_job
@@ -158,8 +158,10 @@ def build_relation(
         )
         return module, data, True
     if encoder is None and data.template.n_prompt:
-        n_prompt, manual = data.template.n_prompt, manual_template(cfg)
-        encoder = build_encoder(cfg.encoder, n_prompt, backbone, manual)
+        manual = None
+        if cfg.encoder.get("init_words") == "manual":
+            manual = manual_template(cfg.task.data_root, cfg.task.relation)
+        encoder = build_encoder(cfg.encoder, data.template.n_prompt, backbone, manual)
     trainable = finetune or (
         encoder is not None and any(p.requires_grad for p in encoder.parameters())
     )
@@ -308,6 +310,13 @@ def build_prompt(
     LPAQA ensemble: a list of templates and their weights), or just the configured template
     (None: the task's manual one). Trainable encoders are built once the template's number of
     pseudo tokens is known."""
+    if cfg.prompt.name in ("discrete", "exported") and cfg.prompt.get("template"):
+        origin = "prompt.source" if cfg.prompt.name == "discrete" else "prompt.path"
+        raise ValueError(
+            f"prompt.template is not used by prompt={cfg.prompt.name} (its templates come from "
+            f"{origin}); to evaluate your own template use prompt=manual "
+            f"prompt.template='{cfg.prompt.template}'"
+        )
     if cfg.prompt.name == "discrete":
         causal = backbone.kind == "causal"
         source, root, k = cfg.prompt.source, cfg.task.data_root, cfg.prompt.get("top_k", 1)
@@ -315,17 +324,16 @@ def build_prompt(
         return (None, templates, weights) if k > 1 else (None, templates[0], None)
     if cfg.prompt.name != "exported":
         template = cfg.prompt.template
-        return None, template and fill_relation(template, manual_template(cfg)), None
+        if template and ("{manual}" in template or "{relation}" in template):
+            template = fill_relation(
+                template, manual_template(cfg.task.data_root, cfg.task.relation)
+            )
+        return None, template, None
     path = Path(cfg.prompt.path)
     if path.is_dir():
         path = path / cfg.task.relation / "prompt.pt"
     embeddings, template = load_prompt(path, backbone.name)
     return FixedPrompt(embeddings), template, None
-
-
-def manual_template(cfg: DictConfig) -> str:
-    """The manual template of the job's relation (``relations.jsonl``)."""
-    return manual_templates(str(cfg.task.data_root))[cfg.task.relation]
 
 
 def build_encoder(

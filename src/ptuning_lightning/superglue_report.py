@@ -1,6 +1,7 @@
 """ptl-report's SuperGLUE table, in the paper's shape: one row per backbone x method, one
 column per task (its SuperGLUE metrics on the reported split, mean over seeds, ± the std of
-the task score), and the average of the task scores."""
+the task score), and the average of the task scores. Tasks of one row may have different
+numbers of seeds, so each task's count is reported (``superglue.csv``: a column per task)."""
 
 from __future__ import annotations
 
@@ -45,27 +46,47 @@ def task_cell(runs: list[dict]) -> tuple[str, float | None]:
     return text + (f" ± {percent(std, 1)}" if std is not None else ""), score
 
 
-def superglue_table(runs: list[dict]) -> tuple[list[str], list[list], list[list]]:
-    """(header, Markdown rows, CSV rows: task scores as fractions)."""
+def seeds_cell(seeds: dict[str, int]) -> str:
+    """One number when every task of the row has as many seeds, else each task's count, the
+    most first: "3 (CB), 2 (RTE), 1 (BoolQ)"."""
+    counts = sorted(seeds.items(), key=lambda item: -item[1])
+    if len(set(seeds.values())) == 1:
+        return str(counts[0][1])
+    return ", ".join(f"{n} ({task})" for task, n in counts)
+
+
+def superglue_table(
+    runs: list[dict],
+) -> tuple[list[str], list[list], list[str], list[list]]:
+    """(Markdown header, Markdown rows, CSV header, CSV rows: task scores as fractions and
+    each task's number of seeds, empty where the task was not run)."""
     present = [t for t in TASKS if any(r["task"] == t for r in runs)]
-    header = ["backbone", "method", "seeds"]
-    header += [f"{t} ({'/'.join(LABELS[m] for m in METRICS.get(t, ('acc',)))})" for t in present]
-    header.append("Avg")
+    tasks = [f"{t} ({'/'.join(LABELS[m] for m in METRICS.get(t, ('acc',)))})" for t in present]
+    header = ["backbone", "method", "seeds", *tasks, "Avg"]
+    csv_header = ["backbone", "method", *tasks, "Avg", *(f"{t} seeds" for t in present)]
     md_rows, csv_rows = [], []
     for (backbone, method), by_task in grouped(runs).items():
         cells = [task_cell(by_task.get(t, [])) for t in present]
         scores = [s for _, s in cells if s is not None]
         average = sum(scores) / len(scores) if len(scores) == len(present) else None
-        seeds = max(len(v) for v in by_task.values())
+        seeds = {t: len(by_task[t]) for t in present if by_task.get(t)}
         md_rows.append(
-            [backbone, method, seeds, *(c for c, _ in cells), percent(average, 1) or "—"]
+            [
+                backbone,
+                method,
+                seeds_cell(seeds),
+                *(c for c, _ in cells),
+                percent(average, 1) or "—",
+            ]
         )
-        csv_rows.append([backbone, method, seeds, *(s for _, s in cells), average])
-    return header, md_rows, csv_rows
+        csv_rows.append(
+            [backbone, method, *(s for _, s in cells), average, *(seeds.get(t) for t in present)]
+        )
+    return header, md_rows, csv_header, csv_rows
 
 
 def superglue_markdown(runs: list[dict]) -> str:
-    header, rows, _ = superglue_table(runs)
+    header, rows, _, _ = superglue_table(runs)
     splits = sorted({f"{r['task']}: {r['splits']['test']}" for r in runs})
     return "\n".join(
         [
@@ -82,9 +103,9 @@ def superglue_markdown(runs: list[dict]) -> str:
 
 def write_superglue(runs: list[dict], out: Path) -> str:
     """Write ``superglue.csv`` into ``out``; returns the Markdown section."""
-    header, _, csv_rows = superglue_table(runs)
+    _, _, header, rows = superglue_table(runs)
     out.mkdir(parents=True, exist_ok=True)
-    (out / SUPERGLUE_CSV).write_text(to_csv(header, csv_rows))
+    (out / SUPERGLUE_CSV).write_text(to_csv(header, rows))
     return superglue_markdown(runs)
 
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, open_dict
 from rich.console import Console
@@ -31,10 +32,37 @@ from ptuning_lightning.sweeps import RESULTS, last_checkpoint
 log = logging.getLogger(__name__)
 METHODS = ("manual", "ptuning", "ptuning_finetune", "finetune")
 LAMA_CALLBACKS = ("prediction_table", "prompt_neighbours")  # read LAMA batches
+# LAMA's optimisation settings that the few-shot protocol replaces, and what it uses instead:
+# the per-task learning rates (conf/task/<task>.yaml), kept constant.
+REPLACED = {
+    "optimizer.lr": "set task.train.lr",
+    "prompt.backbone_lr": "set task.train.backbone_lr",
+    "scheduler": "the learning rate is constant over task.train.max_steps",
+}
 
 
 def is_superglue(cfg: DictConfig) -> bool:
     return issubclass(get_class(cfg.task._target_), SuperGlueDataModule)
+
+
+def refuse_replaced(cfg: DictConfig, overrides: list[str]) -> None:
+    """Overrides of settings the few-shot protocol does not read (``REPLACED``) would be
+    silently ignored: refuse them, naming what to set instead (removing one, ``~key``, is
+    harmless). Other optimizer settings (weight decay, the optimizer class) apply."""
+    for override in overrides:
+        if override.startswith("~"):
+            continue
+        key = override.lstrip("+").split("=", 1)[0]
+        for setting, instead in REPLACED.items():
+            if key == setting or key.startswith(f"{setting}."):
+                raise ValueError(
+                    f"{key} is not used by SuperGLUE tasks (task={cfg.task.name}); {instead}"
+                )
+
+
+def job_overrides() -> list[str]:
+    """The job's command-line overrides (``hydra.overrides.task``); none outside Hydra."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def build_task(cfg: DictConfig, backbone) -> tuple[CandidateModule, SuperGlueDataModule, bool]:
@@ -106,6 +134,7 @@ def run_task(cfg: DictConfig, out: Path, started: float) -> dict:
     """Train/select/evaluate one task and write ``results.json``."""
     from ptuning_lightning.experiment import build_trainer, load_backbone
 
+    refuse_replaced(cfg, job_overrides())
     backbone = load_backbone(cfg)
     module, data, trains = build_task(cfg, backbone)
     cfg = protocol_config(cfg, out)

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 
 from ptuning_lightning.data.batching import SplitLoaders
-from ptuning_lightning.data.jsonl import DataError, read_jsonl
+from ptuning_lightning.data.jsonl import DataError, read_jsonl, read_jsonl_lines
 from ptuning_lightning.templates import Template, TemplateTokenizer
 
 log = logging.getLogger(__name__)
@@ -50,19 +50,57 @@ def manual_templates(data_root: str) -> dict[str, str]:
     return {r["relation"]: r["template"] for r in rows}
 
 
+def manual_template(data_root: str | Path, relation: str) -> str:
+    """The relation's manual template; a relation folder that ``relations.jsonl`` lacks is
+    named with the file (prompts that need no manual template never ask for it)."""
+    templates = manual_templates(str(data_root))
+    if relation not in templates:
+        raise DataError(
+            f"{Path(data_root) / 'relations.jsonl'}: no manual template for relation "
+            f'{relation!r} (its folder is under trex/, but the file has no such "relation")'
+        )
+    return templates[relation]
+
+
 @functools.lru_cache(maxsize=4)
 def vocabulary(data_root: str, vocab: str, key: str) -> list[str] | None:
     """The paper's word list (None for ``full``: every token is a candidate). The GPT-2 and
-    RoBERTa lists are stored as byte-level BPE tokens ("ĠParis"); we return plain words."""
+    RoBERTa lists are stored as byte-level BPE tokens ("ĠParis"); we return plain words.
+
+    LAMA-34k extends the shared 29k list with BERT's own words only: for the other keys
+    (``gpt2-xl``, ``roberta-large``) the 34k file holds the 29k list again, so ``34k`` is
+    refused there rather than silently giving the 29k facts under another name."""
     if vocab not in VOCABS:
         raise DataError(f"task.vocab: unknown vocabulary {vocab!r}; choose from {list(VOCABS)}")
     if VOCABS[vocab] is None:
         return None
-    path = Path(data_root) / "vocab" / VOCABS[vocab]
-    lists = json.loads(path.read_text())
+    words = _word_list(Path(data_root) / "vocab" / VOCABS[vocab], key)
+    if vocab == "34k" and set(words) == set(
+        _word_list(Path(data_root) / "vocab" / VOCABS["29k"], key)
+    ):
+        raise DataError(
+            f"task.vocab=34k: the 34k list of backbone.vocab_key {key!r} is the 29k list "
+            f"(LAMA-34k extends only the BERT vocabularies); use task.vocab=29k or full"
+        )
+    return words
+
+
+def _word_list(path: Path, key: str) -> list[str]:
+    """One model family's words from a vocabulary file (a JSON object: key -> word list)."""
+    if not path.is_file():
+        raise DataError(f"task.vocab: vocabulary file not found: {path}")
+    try:
+        lists = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"task.vocab: {path} is not valid JSON ({err})") from None
+    if not isinstance(lists, dict):
+        raise DataError(f"task.vocab: {path} must hold a JSON object of word lists")
     if key not in lists:
         raise DataError(f"backbone.vocab_key: {key!r} is not in {path}; choose from {list(lists)}")
-    return [w.removeprefix("Ġ") for w in lists[key]]
+    words = lists[key]
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise DataError(f"task.vocab: {path}: {key!r} must be a list of words (strings)")
+    return [w.removeprefix("Ġ") for w in words]
 
 
 class LamaDataModule(SplitLoaders, LightningDataModule):
@@ -97,7 +135,7 @@ class LamaDataModule(SplitLoaders, LightningDataModule):
         self.data_root = Path(data_root)
         self.relation = resolve_relations(relation, data_root)[0]
         templates = [template] if template is None or isinstance(template, str) else template
-        templates = [t or manual_templates(str(data_root))[self.relation] for t in templates]
+        templates = [t or manual_template(data_root, self.relation) for t in templates]
         self.template_source = templates[0]
         self.encoders = [
             TemplateTokenizer(Template.parse(t), tokenizer, model_kind, max_length)
@@ -138,7 +176,15 @@ class LamaDataModule(SplitLoaders, LightningDataModule):
         return torch.tensor(ids), {token: i for i, token in enumerate(ids)}
 
     def _encode(self, path: Path, split: str, candidates: dict[int, int]) -> list[dict]:
-        facts = read_jsonl(path, required=("sub", "obj"))
+        facts = []
+        for number, fact in read_jsonl_lines(path, required=("sub", "obj")):
+            for key in ("sub", "obj"):
+                if not isinstance(fact[key], str) or not fact[key].strip():
+                    raise DataError(
+                        f"{path}, line {number}: {key!r} must be a non-empty string, "
+                        f"got {fact[key]!r}"
+                    )
+            facts.append(fact)
         words = vocabulary(str(self.data_root), self.vocab, self.vocab_key)
         allowed = None if words is None else set(words)
         in_vocab = facts if allowed is None else [f for f in facts if f["obj"] in allowed]

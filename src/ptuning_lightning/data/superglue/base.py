@@ -93,7 +93,7 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
         self.encoder = TemplateTokenizer(template, tokenizer, model_kind, max_length)
         self.template = self.encoder.template  # as the model sees it (causal: nothing after [Y])
         self.used_slots = [p.value for p in self.template.parts if p.kind == "slot"]
-        self.words = dict(self.verbalizer) | dict(verbalizer or {})
+        self.words = dict(self.verbalizer) | self.checked_verbalizer(verbalizer or {})
         self.data_root = Path(data_root) / self.folder
         self.label_score = label_score
         self.splits = {
@@ -108,6 +108,23 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
         self.datasets: dict[str, list[dict]] = {}
         self.stats: dict[str, dict[str, int]] = {}
 
+    def checked_verbalizer(self, words: dict[str, str]) -> dict[str, str]:
+        """``task.verbalizer`` may only change the words of the task's labels: a label it does
+        not know (a typo) would otherwise add a class no record has."""
+        words = {str(label): word for label, word in words.items()}  # {0: No} from YAML
+        if words and not self.verbalizer:
+            raise ValueError(
+                f"task.verbalizer: {self.folder} has no label words to override (its candidates "
+                f"come from each record), got {words}"
+            )
+        unknown = [label for label in words if label not in self.verbalizer]
+        if unknown:
+            raise ValueError(
+                f"task.verbalizer: {self.folder} has no label(s) {unknown}; "
+                f"its labels: {list(self.verbalizer)}"
+            )
+        return words
+
     @property
     def labels(self) -> list[str]:
         """Label names in verbalizer order (candidate i of a classification task is label i)."""
@@ -118,6 +135,9 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
     def items(self, record: dict, where: str) -> list[Item]:
         """The decisions of one record; ``where`` ("file, line n") is for error messages.
         By default one decision over the label words, the slots being the ``fields``."""
+        missing = [k for k in self.fields if not isinstance(record.get(k), str)]
+        if missing:
+            raise DataError(f"{where}: missing or non-text field(s) {missing}")
         inputs = {k: self.clean(k, record[k]) for k in self.fields}
         return [Item(inputs, self.label_words(), self.label_index(record, where))]
 
