@@ -205,10 +205,16 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
         test = trainer.test(module, data, verbose=False)
     result["test_p1"], result["test_n"] = test[0]["test/P@1"], int(test[0]["test/n"])
     result["eval_seconds"] = time.perf_counter() - started
-    for logger in trainer.loggers:  # one wandb run per relation: close it before the next
+    finish_wandb(trainer)
+    return result
+
+
+def finish_wandb(trainer: L.Trainer) -> None:
+    """Close the trainer's W&B runs (one per relation, or one per pass): the next relation
+    starts its own, and an offline run is complete on disk once its job returns."""
+    for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()
-    return result
 
 
 def run_in_one_pass(cfg: DictConfig, relations: list[str], backbone: Backbone) -> dict:
@@ -254,6 +260,7 @@ def run_in_one_pass(cfg: DictConfig, relations: list[str], backbone: Backbone) -
         trainer.validate(module, data, verbose=False)
     trainer.test(module, data, verbose=False)
     seconds = time.perf_counter() - started  # the pass over all relations together
+    finish_wandb(trainer)
     results = {}
     for r, (relation, (_, part, _)) in enumerate(parts.items()):
         p1, n = module.test_results[r]
