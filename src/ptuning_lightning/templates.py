@@ -9,7 +9,8 @@ A template is text with bracketed parts:
 
 Example: the paper's (3, 3, 3) LAMA shape is ``"[P*3] [X] [P*3] [Y] [P*3]"``. For a causal LM
 the answer is read from the position before ``[Y]``, so everything after ``[Y]`` is dropped
-(as in the reference implementation).
+(as in the reference implementation); a template with an input slot after ``[Y]`` is refused
+for causal LMs.
 
 Whitespace in front of a part decides whether its tokens carry a leading space ("was born in
 Paris" tokenizes " Paris"), which matters for byte-level BPE tokenizers.
@@ -93,10 +94,18 @@ class Template:
         return next(p.space for p in self.parts if p.kind == "answer")
 
     def for_causal(self) -> Template:
-        """The template a causal LM sees: the answer is the next token, so nothing follows it."""
+        """The template a causal LM sees: the answer is the next token, so nothing follows it.
+        Refuses templates whose input slots would be dropped with what follows ``[Y]``."""
         end = next(i for i, p in enumerate(self.parts) if p.kind == "answer")
         if not any(p.kind != "text" or p.value.strip() for p in self.parts[:end]):
             raise TemplateError(f"template {self.source!r}: a causal LM needs context before [Y]")
+        after = [f"[{p.value}]" for p in self.parts[end + 1 :] if p.kind == "slot"]
+        if after:
+            raise TemplateError(
+                f"template {self.source!r}: {', '.join(after)} after [Y] would be dropped for a "
+                "causal LM (it reads the answer as the next token, so nothing follows [Y]); "
+                "put the input before [Y]"
+            )
         return Template(self.source, self.parts[: end + 1], self.slots)
 
 
