@@ -112,6 +112,11 @@ def test_causal_template_refuses_input_after_answer(gpt2, bert):
     encoded = bind(bert, source).encode({"X": "Paris"})
     assert encoded.prompt_index[1:4] == [0, 1, 2]  # [CLS] [P*3] [MASK] Paris [SEP]
     assert encoded.answer_position == 4
+    record = "[passage] [query] [Y] [rest]"  # ReCoRD: the query's rest is context after [Y]
+    with pytest.raises(TemplateError, match=r"\[rest\] after \[Y\]"):
+        Template.parse(record, ("passage", "query", "rest")).for_causal()
+    causal = Template.parse(record, ("passage", "query", "rest"), ("rest",)).for_causal()
+    assert [p.value for p in causal.parts if p.kind == "slot"] == ["passage", "query"]
 
 
 def test_model_kind_is_validated(gpt2):
