@@ -112,10 +112,12 @@ def test_train_writes_results(ptuning_run):
 
 def test_exported_prompt_is_the_best_checkpoint(ptuning_run):
     """prompt.pt holds the encoder output of the dev-selected checkpoint, one row per pseudo
-    token the backbone sees, tagged with its template and backbone."""
+    token the backbone sees, tagged with its template, relation, backbone and model kind."""
     name, out, _, _ = ptuning_run
     exported = torch.load(out / "train" / RELATION / "prompt.pt", weights_only=True)
     assert (exported["template"], exported["backbone"]) == (PAPER, name)
+    assert (exported["trained_for"], exported["n_prompt"]) == (RELATION, SEEN_PSEUDO_TOKENS[name])
+    assert exported["kind"] == {"tiny-gpt2": "causal", "tiny-bert": "masked"}[name]
     checkpoint = out / "train" / RELATION / "checkpoints" / "best.ckpt"
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     encoder = LSTMPromptEncoder(SEEN_PSEUDO_TOKENS[name], 64)  # encoder=lstm on hidden size 64
@@ -133,6 +135,20 @@ def test_eval_of_exported_prompt_reproduces_training_scores(ptuning_run):
     assert again["test_p1"] == trained["test_p1"] > 0
     assert again["dev_p1"] == trained["dev_p1"] > 0
     assert again["filter"] == trained["filter"]
+
+
+def test_eval_refuses_the_prompt_of_another_relation(ptuning_run, tmp_path, compose_cfg):
+    """P1376's prompt.pt scored on P36 (ptl-eval with a prompt file and another
+    task.relation) stops before any scoring, naming both relations."""
+    name, out, _, _ = ptuning_run
+    overrides = [
+        f"backbone={name}",
+        "prompt=exported",
+        f"prompt.path={out / 'train' / RELATION / 'prompt.pt'}",
+        "task.relation=[P36]",
+    ]
+    with pytest.raises(ValueError, match=r"task\.relation\) is 'P1376', not 'P36'"):
+        run(compose_cfg("eval", tmp_path, overrides))
 
 
 def test_checkpoints_hold_kilobytes(ptuning_run):

@@ -10,7 +10,9 @@ position per example instead of every position.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -78,6 +80,12 @@ class Backbone(nn.Module):
         forward = type(self.body).forward.__get__(self.body)  # the class's, not a compiled one
         self.body.forward = torch.compile(forward, backend=backend, dynamic=True)
         self.compile_backend = backend
+
+    def tokenizer_fingerprint(self) -> str:
+        """A hash of the vocabulary (every token with its id): exported prompts record it, so
+        that a prompt is never placed among the embeddings of another tokenizer's ids."""
+        vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda item: item[1])
+        return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
     @property
     def hidden_size(self) -> int:

@@ -198,7 +198,7 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
         if trainer.is_global_zero and not module.backbone.trainable:
             with torch.no_grad():
                 prompt, result["template"] = module.eval().exported(data.template_source)
-                export_prompt(out / "prompt.pt", prompt, result["template"], backbone.name)
+                export_prompt(out / "prompt.pt", prompt, result["template"], backbone, relation)
     else:
         dev = trainer.validate(module, data, verbose=False)[0]
         result["dev_p1"], result["dev_n"] = dev["dev/P@1"], int(dev["dev/n"])
@@ -273,7 +273,7 @@ def run_in_one_pass(cfg: DictConfig, relations: list[str], backbone: Backbone) -
             with torch.no_grad():
                 prompt = module.encoder[r].eval()()
             out = Path(cfg.paths.output_dir) / relation / "prompt.pt"
-            export_prompt(out, prompt, part.template_source, backbone.name)
+            export_prompt(out, prompt, part.template_source, backbone, relation)
         result["one_pass_seconds"] = seconds
         results[relation] = result
     return results
@@ -298,7 +298,7 @@ def build_prompt(
     path = Path(cfg.prompt.path)
     if path.is_dir():
         path = path / cfg.task.relation / "prompt.pt"
-    embeddings, template = load_prompt(path, backbone.name)
+    embeddings, template = load_prompt(path, backbone, cfg.task.relation)
     return FixedPrompt(embeddings), template, None
 
 

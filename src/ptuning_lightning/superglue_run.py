@@ -117,7 +117,7 @@ def run_task(cfg: DictConfig, out: Path, started: float) -> dict:
         # a prompt trained with its backbone is only meaningful with it: the checkpoint has both
         if module.encoder is not None and not backbone.trainable and trainer.is_global_zero:
             prompt = module.eval().prompt()
-            export_prompt(out / "prompt.pt", prompt, data.template_source, backbone.name)
+            export_prompt(out / "prompt.pt", prompt, data.template_source, backbone, data.folder)
     else:
         dev = trainer.validate(module, data, verbose=False)[0]
         test = trainer.test(module, data, verbose=False)[0]
