@@ -13,7 +13,7 @@ import torch
 from ptuning_lightning.experiment import run
 
 pytestmark = pytest.mark.slow
-LIMITS = ["+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
+LIMITS = ["trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +42,7 @@ def test_ptuning_trains_and_exports_on_smollm2(tmp_path, compose_cfg):
         [
             "task.relation=P103",
             "trainer.max_epochs=1",
-            "+trainer.limit_train_batches=3",
+            "trainer.limit_train_batches=3",
             "optimizer.lr=1e-3",
             *LIMITS,
         ],

@@ -206,3 +206,72 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, compose_cfg, gpt2):
         assert torch.allclose(resumed[key], value, rtol=1e-6, atol=1e-7), key
     # the second epoch moved the weights, so the comparison above is not vacuous
     assert not torch.allclose(first["embedding.weight"], straight["embedding.weight"], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("max_steps", "4", 4),
+        ("limit_train_batches", "2", 2),
+        ("limit_val_batches", "0.5", 0.5),
+        ("limit_test_batches", "3", 3),
+        ("precision", "bf16-mixed", "bf16-mixed"),
+        ("accumulate_grad_batches", "2", 2),
+        ("gradient_clip_val", "0.5", 0.5),
+        ("val_check_interval", "0.25", 0.25),
+        ("num_sanity_val_steps", "0", 0),
+    ],
+)
+def test_common_trainer_options_need_no_plus(tmp_path, compose_cfg, key, value, expected):
+    """trainer.KEY=VALUE (no `+`) reaches Lightning's Trainer."""
+    cfg = compose_cfg("train", tmp_path, ["backbone=tiny-gpt2", f"trainer.{key}={value}"])
+    assert getattr(build_trainer(cfg), key) == expected
+
+
+@pytest.mark.parametrize("one_pass", [False, True], ids=["relation", "one_pass"])
+def test_max_steps_and_accumulation_take_effect(tmp_path, compose_cfg, one_pass):
+    """3 optimizer steps of 2 accumulated batches each: 6 of P1376's 13 batches, so the run
+    stops inside its first epoch (before any dev evaluation: the final prompt is scored and
+    exported), and dev and test are cut to one batch of 8."""
+    relations = "task.relation=[P1376,P36]" if one_pass else f"task.relation={RELATION}"
+    overrides = [
+        "backbone=tiny-gpt2",
+        relations,
+        f"multi_relation={str(one_pass).lower()}",
+        "trainer.max_steps=3",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "task.eval_batch_size=8",
+    ]
+    run(compose_cfg("train", tmp_path, overrides))
+    results = json.loads((tmp_path / "results.json").read_text())["relations"]
+    folder = "one_pass" if one_pass else RELATION
+    last = torch.load(tmp_path / folder / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 3
+    assert last["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == 6
+    if not one_pass:
+        assert results[RELATION]["dev_n"] == results[RELATION]["test_n"] == 8
+    else:  # one batch of 8 mixes both relations' facts
+        assert sum(r["dev_n"] for r in results.values()) == 8
+    for i, relation in enumerate(results):  # the exported prompt is the final one
+        prefix = f"encoder.{i}." if one_pass else "encoder."
+        encoder = LSTMPromptEncoder(SEEN_PSEUDO_TOKENS["tiny-gpt2"], 64)
+        encoder.load_state_dict(
+            {
+                k.removeprefix(prefix): v
+                for k, v in last["state_dict"].items()
+                if k.startswith(prefix)
+            }
+        )
+        exported = torch.load(tmp_path / relation / "prompt.pt", weights_only=True)
+        with torch.no_grad():
+            assert torch.allclose(exported["embeddings"], encoder(), rtol=0, atol=1e-6)
+
+
+def test_superglue_refuses_trainer_options_its_protocol_sets(tmp_path, compose_cfg):
+    """The few-shot protocol takes its step budget from task.train.max_steps: trainer.max_steps
+    would be replaced without a word, so it is refused, naming both keys."""
+    cfg = compose_cfg("train", tmp_path, ["backbone=tiny-gpt2", "task=cb", "trainer.max_steps=4"])
+    with pytest.raises(ValueError, match=r"trainer\.max_steps=4: .*task\.train\.max_steps"):
+        run(cfg)

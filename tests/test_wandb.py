@@ -20,9 +20,9 @@ from ptuning_lightning.experiment import ROOT, run
 RELATIONS = ["P1376", "P36"]
 LIMITS = [
     "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
     "trainer.log_every_n_steps=1",
 ]
 

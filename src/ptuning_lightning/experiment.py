@@ -185,13 +185,22 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
     started = time.perf_counter()
     if trainable:
         trainer.fit(module, data, ckpt_path=last_checkpoint(cfg))  # resume: true
-        result["dev_p1"] = float(trainer.checkpoint_callback.best_model_score)
-        dev_n = trainer.callback_metrics.get("dev/n")  # every epoch's; None: nothing left to fit
-        result["dev_n"] = None if dev_n is None else int(dev_n)
+        best = trainer.checkpoint_callback.best_model_score
+        if best is None:  # training ended before its first dev evaluation (trainer.max_steps)
+            log.warning(
+                "%s: no dev evaluation during training; the final prompt is scored", relation
+            )
+            dev = trainer.validate(module, data, verbose=False)[0]
+            result["dev_p1"], result["dev_n"] = dev["dev/P@1"], int(dev["dev/n"])
+        else:
+            result["dev_p1"] = float(best)
+            dev_n = trainer.callback_metrics.get("dev/n")  # every epoch's; None: nothing to fit
+            result["dev_n"] = None if dev_n is None else int(dev_n)
         result["epochs"] = trainer.current_epoch
         result["train_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
-        test = trainer.test(module, data, ckpt_path="best", verbose=False)
+        selected = None if best is None else "best"
+        test = trainer.test(module, data, ckpt_path=selected, verbose=False)
         out = Path(cfg.paths.output_dir) / relation
         # trainer=ddp: every rank runs this, one writes. A prompt trained with its backbone
         # is only meaningful with that backbone: the checkpoint holds both.
@@ -255,6 +264,11 @@ def run_in_one_pass(cfg: DictConfig, relations: list[str], backbone: Backbone) -
     started = time.perf_counter()
     if trainable:
         trainer.fit(module, data, ckpt_path=last_checkpoint(one_pass))
+        if None in module.best_states:  # ended before a dev evaluation (trainer.max_steps)
+            log.warning(
+                "multi_relation: no dev evaluation during training; scoring the final prompts"
+            )
+            trainer.validate(module, data, verbose=False)
         module.load_best()
     else:
         trainer.validate(module, data, verbose=False)
