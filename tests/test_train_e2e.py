@@ -228,6 +228,15 @@ def test_common_trainer_options_need_no_plus(tmp_path, compose_cfg, key, value, 
     assert getattr(build_trainer(cfg), key) == expected
 
 
+def test_progress_bar_off_drops_the_progress_bar_callback(tmp_path, compose_cfg):
+    """trainer.enable_progress_bar=false alone turns the configured bar off (Lightning
+    refuses a bar callback with it)."""
+    overrides = ["backbone=tiny-gpt2", "trainer.enable_progress_bar=false"]
+    overrides.append("+callbacks.progress_bar._target_=lightning.pytorch.callbacks.RichProgressBar")
+    trainer = build_trainer(compose_cfg("train", tmp_path, overrides))
+    assert trainer.progress_bar_callback is None
+
+
 @pytest.mark.parametrize("one_pass", [False, True], ids=["relation", "one_pass"])
 def test_max_steps_and_accumulation_take_effect(tmp_path, compose_cfg, one_pass):
     """3 optimizer steps of 2 accumulated batches each: 6 of P1376's 13 batches, so the run

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -348,6 +349,8 @@ def build_encoder(
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     end_finished_job()  # trainer=ddp in a multirun: the previous job's ranks are done
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if cfg.trainer.get("enable_progress_bar") is False:  # the bar callback would be refused
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     schedule = cfg.prompt.get("trainer") or {}  # a prompt's own schedule (prompt=autoprompt)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **schedule)
