@@ -108,6 +108,16 @@ class FixedPrompt(nn.Module):
         return self.embeddings
 
 
+# What an exported prompt records besides its embeddings and template, as messages name it.
+PROMPT_METADATA = {
+    "trained_for": "relation (or task; task.relation)",
+    "backbone": "backbone (backbone.name)",
+    "kind": "model kind (backbone.kind)",
+    "tokenizer": "tokenizer fingerprint (a hash of the vocabulary)",
+    "n_prompt": "pseudo-token count",
+}
+
+
 def export_prompt(
     path: str | Path, embeddings: torch.Tensor, template: str, backbone: Backbone, trained_for: str
 ) -> None:
@@ -164,13 +174,3 @@ def load_prompt(path: str | Path, backbone: Backbone, trained_for: str) -> tuple
             f"{backbone.kind} LM"
         )
     return embeddings, template
-
-
-# What an exported prompt records besides its embeddings and template, as messages name it.
-PROMPT_METADATA = {
-    "trained_for": "relation (or task; task.relation)",
-    "backbone": "backbone (backbone.name)",
-    "kind": "model kind (backbone.kind)",
-    "tokenizer": "tokenizer fingerprint (a hash of the vocabulary)",
-    "n_prompt": "pseudo-token count",
-}
