@@ -23,8 +23,8 @@ torch.set_num_threads(1)
 QUIET = [
     "logger=none",
     "~callbacks.progress_bar",
-    "+trainer.enable_progress_bar=false",
-    "+trainer.enable_model_summary=false",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
 ]
 
 

@@ -102,8 +102,8 @@ def sweep(tmp_path_factory) -> Path:
         "task.eval_batch_size=4",  # several eval batches per split, also under DDP
         "trainer.max_epochs=1", "optimizer.lr=0.01", "++prompt.loss_over=candidates",
         f"hydra.sweep.dir={root / 'sweep'}",
-        "logger=none", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false",
-        "+trainer.enable_model_summary=false",
+        "logger=none", "~callbacks.progress_bar", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread per process
     done = subprocess.run(

@@ -10,7 +10,7 @@ from conftest import write_jsonl
 
 from ptuning_lightning.data.jsonl import DataError
 from ptuning_lightning.data.lama import lama_relations
-from ptuning_lightning.discrete_prompts import SOURCES, published_template
+from ptuning_lightning.discrete_prompts import SOURCES, published_template, published_templates
 from ptuning_lightning.experiment import ROOT, run
 from ptuning_lightning.templates import Part, Template
 
@@ -179,5 +179,35 @@ def test_causal_lms_get_the_best_template_with_context_before_the_answer(source,
 
 def test_relation_without_any_causal_template_says_so():
     """Every lpaqa_mine prompt of P1412 starts with [Y]."""
-    with pytest.raises(DataError, match="P1412 starts with \\[Y\\].*causal LM"):
+    with pytest.raises(
+        DataError, match="P1412 starts with \\[Y\\] or puts \\[X\\] after.*causal LM"
+    ):
         published_template(LAMA, "lpaqa_mine", "P1412", causal=True)
+
+
+def test_causal_ensemble_skips_templates_with_the_input_after_the_answer(tmp_path, compose_cfg):
+    """LPAQA's paraphrases of P136 rank "artists [Y] [X]." and "Artists [Y] [X]." in the
+    top 5 with context before [Y]; a causal LM drops what follows [Y], so they are skipped like
+    templates that start with [Y], and the top-5 ensemble runs."""
+    rows = [
+        json.loads(line)
+        for line in (LAMA / "prompts" / "lpaqa_paraphrase" / "P136.jsonl").read_text().splitlines()
+    ]
+    ranked = sorted(rows, key=lambda r: -r["weight"])  # stable, as the source ranks them
+    with_y_first = [r["template"] for r in ranked if r["template"].index("[Y]") > 0][:5]
+    assert "artists [Y] [X]." in with_y_first  # what a check for a leading [Y] alone keeps
+    readable = [r for r in ranked if r["template"].index("[X]") < r["template"].index("[Y]")]
+    templates, weights = published_templates(LAMA, "lpaqa_paraphrase", "P136", True, 5)
+    assert templates == [r["template"] for r in readable[:5]]
+    assert weights == [r["weight"] for r in readable[:5]]
+
+    overrides = [
+        "backbone=tiny-gpt2",
+        "prompt=lpaqa",
+        "prompt.source=lpaqa_paraphrase",
+        "prompt.top_k=5",
+        "task.relation=P136",
+    ]
+    run(compose_cfg("train", tmp_path, overrides))
+    result = json.loads((tmp_path / "results.json").read_text())["relations"]["P136"]
+    assert result["template"] == "[X] artists [Y]."

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+from ptuning_lightning.backbones import Backbone
 from ptuning_lightning.encoders import (
     FixedPrompt,
     LSTMPromptEncoder,
@@ -62,29 +66,91 @@ def test_init_std(init_std, expected):
     assert std == pytest.approx(expected, rel=0.02)
 
 
+def stand_in(name: str = "tiny-gpt2", kind: str = "causal", fingerprint: str = "abc"):
+    """What ``export_prompt`` and ``load_prompt`` read of a backbone."""
+    return SimpleNamespace(name=name, kind=kind, tokenizer_fingerprint=lambda: fingerprint)
+
+
+PAPER = "[P*3] [X] [P*3] [Y] [P*3]"  # a causal LM sees 6 pseudo tokens, a masked LM 9
+
+
 def test_export_and_load_round_trip(tmp_path):
-    """An exported prompt comes back bit-identical with its template, as float32 on the CPU."""
+    """An exported prompt comes back bit-identical with its template, as float32 on the CPU,
+    and records what it was trained for."""
     embeddings = torch.randn(6, 8, dtype=torch.bfloat16, requires_grad=True)
     path = tmp_path / "prompt.pt"
-    export_prompt(path, embeddings, "[P*3] [X] [P*3] [Y]", "tiny-gpt2")
-    loaded, template = load_prompt(path, "tiny-gpt2")
-    assert template == "[P*3] [X] [P*3] [Y]"
+    export_prompt(path, embeddings, PAPER, stand_in(), "P19")
+    payload = torch.load(path, weights_only=True)
+    assert {
+        k: payload[k] for k in ("backbone", "kind", "tokenizer", "trained_for", "n_prompt")
+    } == {
+        "backbone": "tiny-gpt2",
+        "kind": "causal",
+        "tokenizer": "abc",
+        "trained_for": "P19",
+        "n_prompt": 6,
+    }
+    loaded, template = load_prompt(path, stand_in(), "P19")
+    assert template == PAPER
     assert loaded.dtype == torch.float32 and not loaded.requires_grad
     assert torch.equal(loaded, embeddings.detach().float())
 
 
-def test_load_refuses_another_backbone(tmp_path):
-    """A prompt is only meaningful for the backbone it was trained on."""
+@pytest.mark.parametrize(
+    ("backbone", "relation", "message"),
+    [
+        (stand_in(), "P36", r"relation \(or task; task.relation\) is 'P19', not 'P36'"),
+        (stand_in(name="gpt2"), "P19", r"backbone \(backbone.name\) is 'tiny-gpt2', not 'gpt2'"),
+        (stand_in(kind="masked"), "P19", r"model kind \(backbone.kind\) is 'causal', not 'masked'"),
+        (stand_in(fingerprint="xyz"), "P19", "tokenizer fingerprint .* is 'abc', not 'xyz'"),
+    ],
+    ids=["relation", "backbone", "kind", "tokenizer"],
+)
+def test_load_refuses_a_prompt_made_for_something_else(tmp_path, backbone, relation, message):
+    """A prompt is only meaningful for its relation, backbone and tokenizer: each check names
+    the field that differs and both values."""
     path = tmp_path / "prompt.pt"
-    export_prompt(path, torch.zeros(2, 4), "[P] [X] [P] [Y]", "tiny-gpt2")
-    with pytest.raises(ValueError, match="'tiny-gpt2', not 'tiny-bert'"):
-        load_prompt(path, "tiny-bert")
+    export_prompt(path, torch.zeros(6, 4), PAPER, stand_in(), "P19")
+    with pytest.raises(ValueError, match=message):
+        load_prompt(path, backbone, relation)
+
+
+def test_load_refuses_rows_unlike_the_templates_pseudo_tokens(tmp_path):
+    """9 rows fit the paper's template on a masked LM, not on a causal one (which drops the
+    [P*3] after [Y]); a file whose rows disagree with its own count is refused too."""
+    path = tmp_path / "prompt.pt"
+    export_prompt(path, torch.ones(9, 4), PAPER, stand_in(kind="masked"), "P19")
+    assert load_prompt(path, stand_in(kind="masked"), "P19")[0].shape == (9, 4)
+    export_prompt(path, torch.ones(9, 4), PAPER, stand_in(), "P19")
+    with pytest.raises(ValueError, match="9 prompt rows .* has 6 pseudo tokens for a causal LM"):
+        load_prompt(path, stand_in(), "P19")
+    payload = torch.load(path, weights_only=True)
+    torch.save(payload | {"embeddings": torch.ones(6, 4)}, path)  # says 9, holds 6
+    with pytest.raises(ValueError, match=r"6 prompt rows \(the file says 9\)"):
+        load_prompt(path, stand_in(), "P19")
+
+
+def test_load_refuses_files_without_metadata(tmp_path):
+    """prompt.pt files of older versions (embeddings, template, backbone) must be re-exported."""
+    path = tmp_path / "prompt.pt"
+    torch.save({"embeddings": torch.ones(6, 4), "template": PAPER, "backbone": "tiny-gpt2"}, path)
+    with pytest.raises(ValueError, match="lacks trained_for, kind, tokenizer, n_prompt.*re-export"):
+        load_prompt(path, stand_in(), "P19")
+
+
+def test_tokenizer_fingerprint_follows_the_vocabulary(gpt2, bert):
+    """Same vocabulary, same fingerprint; another tokenizer or one more token, another one."""
+    again = Backbone(copy.deepcopy(gpt2.model), copy.deepcopy(gpt2.tokenizer), "causal", "x")
+    assert again.tokenizer_fingerprint() == gpt2.tokenizer_fingerprint()
+    assert bert.tokenizer_fingerprint() != gpt2.tokenizer_fingerprint()
+    again.tokenizer.add_tokens(["<extra>"])
+    assert again.tokenizer_fingerprint() != gpt2.tokenizer_fingerprint()
 
 
 def test_load_missing_file_names_it(tmp_path):
     """A wrong prompt.path fails with the path, not a pickle error."""
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
-        load_prompt(tmp_path / "nothing.pt", "tiny-gpt2")
+        load_prompt(tmp_path / "nothing.pt", stand_in(), "P19")
 
 
 def test_fixed_prompt_has_nothing_to_train():

@@ -184,6 +184,34 @@ def test_compiled_backbone_gives_the_same_loss(gpt2) -> None:
     torch.testing.assert_close(grad_c, grad)
 
 
+@pytest.mark.parametrize(
+    "options", [{"compile": "eager"}, {"gradient_checkpointing": True}], ids=["compile", "ckpt"]
+)
+def test_trainable_copy_runs_its_own_body(options) -> None:
+    """The fine-tuning baselines train ``trainable_copy()``: with the execution options on,
+    the copy's forward must run the copy's body weights (and give them gradients), not the
+    original's. Expected: an eager, uncompiled tiny GPT-2 with the same weight change."""
+    from conftest import tiny_backbone
+
+    original = configure_execution(tiny_backbone("tiny-gpt2", "causal"), **options)
+    copied, reference = original.trainable_copy(), tiny_backbone("tiny-gpt2", "causal")
+    with torch.no_grad():
+        for backbone in (copied, reference):
+            backbone.body.ln_f.weight.mul_(3.0)
+            backbone.body.h[0].mlp.c_fc.bias.add_(0.5)
+    ids = torch.tensor([[5, 17, 301, 42], [7, 8, 9, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    hidden = copied.hidden(copied.embed(ids), mask)
+    with torch.no_grad():
+        expected = reference.hidden(reference.embed(ids), mask)
+        unchanged = original.hidden(original.embed(ids), mask)
+    torch.testing.assert_close(hidden, expected)
+    assert not torch.allclose(hidden, unchanged, atol=1e-3)
+    hidden.square().sum().backward()
+    assert copied.body.h[0].mlp.c_fc.bias.grad.abs().sum() > 0
+    assert original.body.h[0].mlp.c_fc.bias.grad is None  # frozen, untouched
+
+
 def test_bf16_backbone_keeps_an_fp32_prompt_encoder(gpt2) -> None:
     from conftest import tiny_backbone
 

@@ -16,8 +16,8 @@ from ptuning_lightning.experiment import build_relation, run
 pytestmark = pytest.mark.slow
 # One dev and one test batch of task.eval_batch_size (64) facts, in file order.
 LIMITS = [
-    "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
     "task.sort_eval_by_length=false",
 ]
 
@@ -68,7 +68,7 @@ def test_ptuning_trains_and_exports_on_smollm2(tmp_path, compose_cfg):
         [
             "task.relation=P103",
             "trainer.max_epochs=1",
-            "+trainer.limit_train_batches=3",
+            "trainer.limit_train_batches=3",
             "optimizer.lr=3e-4",  # the demo's: 2 of the 64 test facts right after 3 steps
             *LIMITS,
         ],

@@ -32,11 +32,11 @@ FAST = [  # quiet, tiny and one or two batches; the tokenizer trains on one rela
     f"backbone.load.corpus={LAMA / 'trex' / RELATION}",
     "logger=none",
     "~callbacks.progress_bar",
-    "+trainer.enable_model_summary=false",
+    "trainer.enable_model_summary=false",
     "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
     f"task.relation={RELATION}",
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
@@ -151,9 +151,9 @@ def test_interrupted_job_resumes_from_last_checkpoint(tmp_path, compose_cfg, mon
     overrides = [
         "backbone=tiny-gpt2",
         f"task.relation=[{','.join(relations)}]",
-        "+trainer.limit_train_batches=2",
-        "+trainer.limit_val_batches=1",
-        "+trainer.limit_test_batches=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
     ]
     run(compose_cfg("train", tmp_path, [*overrides, "trainer.max_epochs=1"]))
     first = json.loads((tmp_path / "results.json").read_text())["relations"]

@@ -101,6 +101,24 @@ def test_causal_template_needs_context_before_answer(gpt2, bert, source):
     assert bind(bert, source).encode({"X": "Paris"}).answer_position == 1
 
 
+def test_causal_template_refuses_input_after_answer(gpt2, bert):
+    """A causal LM drops everything after [Y]: an [X] there would vanish, so the template is
+    refused, naming it and why; a masked LM reads [X] after the mask."""
+    source = "[P*3] [Y] [X]"
+    with pytest.raises(TemplateError, match=r"'\[P\*3\] \[Y\] \[X\]': \[X\] after \[Y\]"):
+        Template.parse(source).for_causal()
+    with pytest.raises(TemplateError, match="causal LM"):
+        bind(gpt2, source)
+    encoded = bind(bert, source).encode({"X": "Paris"})
+    assert encoded.prompt_index[1:4] == [0, 1, 2]  # [CLS] [P*3] [MASK] Paris [SEP]
+    assert encoded.answer_position == 4
+    record = "[passage] [query] [Y] [rest]"  # ReCoRD: the query's rest is context after [Y]
+    with pytest.raises(TemplateError, match=r"\[rest\] after \[Y\]"):
+        Template.parse(record, ("passage", "query", "rest")).for_causal()
+    causal = Template.parse(record, ("passage", "query", "rest"), ("rest",)).for_causal()
+    assert [p.value for p in causal.parts if p.kind == "slot"] == ["passage", "query"]
+
+
 def test_model_kind_is_validated(gpt2):
     """Only ``causal`` and ``masked`` exist; a masked LM needs a tokenizer with a mask token."""
     with pytest.raises(ValueError, match="'causal' or 'masked'"):

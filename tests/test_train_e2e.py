@@ -132,12 +132,14 @@ def checkpoint_prompt(path: Path, name: str) -> tuple[int, torch.Tensor]:
 
 def test_exported_prompt_is_the_best_checkpoint(ptuning_run):
     """prompt.pt holds the encoder output of the dev-selected checkpoint, not the final one,
-    one row per pseudo token the backbone sees, tagged with its template and backbone. Dev
-    P@1 peaks in the first epoch in these runs (ties keep the earlier), so best and final
-    differ (``EVERY_EPOCH`` keeps the final epoch's weights)."""
+    one row per pseudo token the backbone sees, tagged with its template, relation, backbone
+    and model kind. Dev P@1 peaks in the first epoch in these runs, so best and final differ
+    (``EVERY_EPOCH`` keeps the final epoch's weights)."""
     name, out, _, _ = ptuning_run
     exported = torch.load(out / "train" / RELATION / "prompt.pt", weights_only=True)
     assert (exported["template"], exported["backbone"]) == (PAPER, name)
+    assert (exported["trained_for"], exported["n_prompt"]) == (RELATION, SEEN_PSEUDO_TOKENS[name])
+    assert exported["kind"] == {"tiny-gpt2": "causal", "tiny-bert": "masked"}[name]
     best_epoch, best = checkpoint_prompt(
         out / "train" / RELATION / "checkpoints" / "best.ckpt", name
     )
@@ -157,6 +159,20 @@ def test_eval_of_exported_prompt_reproduces_training_scores(ptuning_run):
     assert again["test_p1"] == trained["test_p1"] > 0
     assert again["dev_p1"] == trained["dev_p1"] > 0
     assert again["filter"] == trained["filter"]
+
+
+def test_eval_refuses_the_prompt_of_another_relation(ptuning_run, tmp_path, compose_cfg):
+    """P1376's prompt.pt scored on P36 (ptl-eval with a prompt file and another
+    task.relation) stops before any scoring, naming both relations."""
+    name, out, _, _ = ptuning_run
+    overrides = [
+        f"backbone={name}",
+        "prompt=exported",
+        f"prompt.path={out / 'train' / RELATION / 'prompt.pt'}",
+        "task.relation=[P36]",
+    ]
+    with pytest.raises(ValueError, match=r"task\.relation\) is 'P1376', not 'P36'"):
+        run(compose_cfg("eval", tmp_path, overrides))
 
 
 def test_checkpoints_hold_kilobytes(ptuning_run):
@@ -214,3 +230,81 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, compose_cfg, gpt2):
         assert torch.allclose(resumed[key], value, rtol=1e-6, atol=1e-7), key
     # the second epoch moved the weights, so the comparison above is not vacuous
     assert not torch.allclose(first["embedding.weight"], straight["embedding.weight"], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("max_steps", "4", 4),
+        ("limit_train_batches", "2", 2),
+        ("limit_val_batches", "0.5", 0.5),
+        ("limit_test_batches", "3", 3),
+        ("precision", "bf16-mixed", "bf16-mixed"),
+        ("accumulate_grad_batches", "2", 2),
+        ("gradient_clip_val", "0.5", 0.5),
+        ("val_check_interval", "0.25", 0.25),
+        ("num_sanity_val_steps", "0", 0),
+    ],
+)
+def test_common_trainer_options_need_no_plus(tmp_path, compose_cfg, key, value, expected):
+    """trainer.KEY=VALUE (no `+`) reaches Lightning's Trainer."""
+    cfg = compose_cfg("train", tmp_path, ["backbone=tiny-gpt2", f"trainer.{key}={value}"])
+    assert getattr(build_trainer(cfg), key) == expected
+
+
+def test_progress_bar_off_drops_the_progress_bar_callback(tmp_path, compose_cfg):
+    """trainer.enable_progress_bar=false alone turns the configured bar off (Lightning
+    refuses a bar callback with it)."""
+    overrides = ["backbone=tiny-gpt2", "trainer.enable_progress_bar=false"]
+    overrides.append("+callbacks.progress_bar._target_=lightning.pytorch.callbacks.RichProgressBar")
+    trainer = build_trainer(compose_cfg("train", tmp_path, overrides))
+    assert trainer.progress_bar_callback is None
+
+
+@pytest.mark.parametrize("one_pass", [False, True], ids=["relation", "one_pass"])
+def test_max_steps_and_accumulation_take_effect(tmp_path, compose_cfg, one_pass):
+    """3 optimizer steps of 2 accumulated batches each: 6 of P1376's 13 batches, so the run
+    stops inside its first epoch (before any dev evaluation: the final prompt is scored and
+    exported), and dev and test are cut to one batch of 8."""
+    relations = "task.relation=[P1376,P36]" if one_pass else f"task.relation={RELATION}"
+    overrides = [
+        "backbone=tiny-gpt2",
+        relations,
+        f"multi_relation={str(one_pass).lower()}",
+        "trainer.max_steps=3",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "task.eval_batch_size=8",
+    ]
+    run(compose_cfg("train", tmp_path, overrides))
+    results = json.loads((tmp_path / "results.json").read_text())["relations"]
+    folder = "one_pass" if one_pass else RELATION
+    last = torch.load(tmp_path / folder / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 3
+    assert last["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == 6
+    if not one_pass:
+        assert results[RELATION]["dev_n"] == results[RELATION]["test_n"] == 8
+    else:  # one batch of 8 mixes both relations' facts
+        assert sum(r["dev_n"] for r in results.values()) == 8
+    for i, relation in enumerate(results):  # the exported prompt is the final one
+        prefix = f"encoder.{i}." if one_pass else "encoder."
+        encoder = LSTMPromptEncoder(SEEN_PSEUDO_TOKENS["tiny-gpt2"], 64)
+        encoder.load_state_dict(
+            {
+                k.removeprefix(prefix): v
+                for k, v in last["state_dict"].items()
+                if k.startswith(prefix)
+            }
+        )
+        exported = torch.load(tmp_path / relation / "prompt.pt", weights_only=True)
+        with torch.no_grad():
+            assert torch.allclose(exported["embeddings"], encoder(), rtol=0, atol=1e-6)
+
+
+def test_superglue_refuses_trainer_options_its_protocol_sets(tmp_path, compose_cfg):
+    """The few-shot protocol takes its step budget from task.train.max_steps: trainer.max_steps
+    would be replaced without a word, so it is refused, naming both keys."""
+    cfg = compose_cfg("train", tmp_path, ["backbone=tiny-gpt2", "task=cb", "trainer.max_steps=4"])
+    with pytest.raises(ValueError, match=r"trainer\.max_steps=4: .*task\.train\.max_steps"):
+        run(cfg)

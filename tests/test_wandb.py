@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,14 +15,14 @@ import torch
 from wandb.proto import wandb_internal_pb2
 
 from ptuning_lightning.callbacks import nearest_tokens
-from ptuning_lightning.experiment import run
+from ptuning_lightning.experiment import ROOT, run
 
 RELATIONS = ["P1376", "P36"]
 LIMITS = [
     "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
     "trainer.log_every_n_steps=1",
 ]
 
@@ -125,17 +126,19 @@ def test_wandb_run_per_relation_with_metrics_and_tables(offline_wandb, compose_c
         run_dir = next(d for d in run_dirs if d.name.endswith(info.run_id))
         files = run_dir / "files"
         table = json.loads((files / history["test/predictions/path"][0]).read_text())
-        assert table["columns"][:2] == ["subject", "gold"] and table["columns"][3] == "correct"
+        assert table["columns"][:3] == ["relation", "subject", "gold"]
+        assert table["columns"][4] == "correct"
         n_test = results["relations"][relation]["filter"]["test"]["kept"]
         assert len(table["data"]) == min(64, n_test)  # one batch of test/eval_batch_size
-        for subject, gold, top5, _ in table["data"]:
-            assert subject and gold and len(top5.split(", ")) == 5
-        share = sum(row[3] for row in table["data"]) / len(table["data"])
+        for name, subject, gold, top5, _ in table["data"]:
+            assert name == relation and subject and gold and len(top5.split(", ")) == 5
+        share = sum(row[4] for row in table["data"]) / len(table["data"])
         assert share == pytest.approx(history["test/P@1"][-1])  # same batch, same argmax
 
         neighbours = json.loads((files / history["prompt/neighbours/path"][0]).read_text())
-        assert [row[0] for row in neighbours["data"]] == list(range(6))  # causal: [P*3] x2
-        assert all(len(row[1].split(", ")) == 5 for row in neighbours["data"])
+        positions = [row[:2] for row in neighbours["data"]]
+        assert positions == [[relation, p] for p in range(6)]  # causal: [P*3] x2
+        assert all(len(row[2].split(", ")) == 5 for row in neighbours["data"])
 
 
 class CharTokenizer:
@@ -160,3 +163,42 @@ def test_nearest_tokens_on_a_hand_made_vocabulary():
     assert nearest[0][1][1] == pytest.approx(2**-0.5)
     assert nearest[0][2][1] == pytest.approx(0.0, abs=1e-6)
     assert len(nearest_tokens(prompt, backbone, k=10)[0]) == 4  # k is capped at the vocabulary
+
+
+def test_one_pass_tables_name_each_rows_relation(offline_wandb, compose_cfg):
+    """multi_relation=true: one W&B run whose prediction table puts each test fact under its
+    own relation with its own subject and object (as in that relation's test.jsonl), and whose
+    neighbour table has every relation's pseudo tokens; the job finishes and exports prompts."""
+    out = offline_wandb / "out"
+    overrides = [
+        "logger=wandb",
+        "backbone=tiny-gpt2",
+        f"task.relation=[{','.join(RELATIONS)}]",
+        "multi_relation=true",
+        *[o for o in LIMITS if "limit_test_batches" not in o],  # every test fact
+    ]
+    run(compose_cfg("train", out, overrides))
+    results = json.loads((out / "results.json").read_text())["relations"]
+    assert all((out / relation / "prompt.pt").is_file() for relation in RELATIONS)
+
+    run_dir = next((out / "wandb").glob("offline-run-*"))
+    logged = summarize_run(read_wandb_file(next(run_dir.glob("run-*.wandb"))))
+    history, files = logged["history"], run_dir / "files"
+    table = json.loads((files / history["test/predictions/path"][0]).read_text())
+    assert table["columns"][:3] == ["relation", "subject", "gold"]
+    for relation in RELATIONS:
+        rows = [row for row in table["data"] if row[0] == relation]
+        path = ROOT / "data" / "lama" / "trex" / relation / "test.jsonl"
+        facts = Counter(
+            (f["sub"], f["obj"]) for f in map(json.loads, path.read_text().splitlines())
+        )
+        pairs = Counter((subject, gold) for _, subject, gold, _, _ in rows)
+        assert pairs.total() == results[relation]["test_n"]
+        assert pairs <= facts, relation  # P36 is P1376 reversed: a mix-up shows here
+        share = sum(row[4] for row in rows) / len(rows)
+        assert share == pytest.approx(results[relation]["test_p1"])
+
+    neighbours = json.loads((files / history["prompt/neighbours/path"][0]).read_text())
+    assert [row[:2] for row in neighbours["data"]] == [
+        [relation, position] for relation in RELATIONS for position in range(6)
+    ]

@@ -10,7 +10,9 @@ position per example instead of every position.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -47,6 +49,7 @@ class Backbone(nn.Module):
         self.model, self.tokenizer, self.kind, self.name = model, tokenizer, kind, name
         self.body, self.head = model.base_model, heads[0]
         self.trainable = False
+        self.compile_backend: str | None = None  # set by ``compile_body``
         model.requires_grad_(False)
         super().train(False)
 
@@ -63,9 +66,26 @@ class Backbone(nn.Module):
 
     def trainable_copy(self) -> Backbone:
         """A trainable copy (LAMA's FT, MP+FT, P-Tuning+FT): every relation starts from the
-        pretrained weights, which stay untouched here for the job's next relation."""
+        pretrained weights, which stay untouched here for the job's next relation. A deep copy
+        rebinds checkpointed layers to the copy's layers, but a compiled forward stays bound to
+        the original body, so the copy compiles its own."""
         copied = Backbone(copy.deepcopy(self.model), self.tokenizer, self.kind, self.name)
+        if self.compile_backend is not None:
+            copied.compile_body(self.compile_backend)
         return copied.set_trainable()
+
+    def compile_body(self, backend: str) -> None:
+        """``torch.compile`` the body's forward with ``backend``. It becomes an instance
+        attribute: the body stays the registered submodule (state dict unchanged)."""
+        forward = type(self.body).forward.__get__(self.body)  # the class's, not a compiled one
+        self.body.forward = torch.compile(forward, backend=backend, dynamic=True)
+        self.compile_backend = backend
+
+    def tokenizer_fingerprint(self) -> str:
+        """A hash of the vocabulary (every token with its id): exported prompts record it, so
+        that a prompt is never placed among the embeddings of another tokenizer's ids."""
+        vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda item: item[1])
+        return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
     @property
     def hidden_size(self) -> int:

@@ -1,10 +1,13 @@
 """Dashboards: Lightning callbacks that log tables to Weights & Biases (no-ops for any other
 logger), and ``nearest_tokens``, which reads a continuous prompt as vocabulary words.
 
-- ``PredictionTable``: one row per test fact (subject, gold object, the top-k candidates with
-  their probabilities over the candidate words, correct or not).
-- ``PromptNeighbours``: for each pseudo token of the tested prompt, its nearest token
-  embeddings of the backbone by cosine similarity.
+- ``PredictionTable``: one row per test fact (relation, subject, gold object, the top-k
+  candidates with their probabilities over the candidate words, correct or not).
+- ``PromptNeighbours``: for each pseudo token of each tested relation's prompt, its nearest
+  token embeddings of the backbone by cosine similarity.
+
+Both serve one relation (``LamaDataModule``) and many in one pass (``MultiRelationData``, whose
+examples carry ``relation``, their relation's position in the data module's ``names``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ def wandb_loggers(trainer: Trainer) -> list[WandbLogger]:
     return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
 
 
+def relation_names(trainer: Trainer) -> list[str]:
+    """The relations of the data module, in the order of the examples' ``relation`` index:
+    ``MultiRelationData.names``, or the one relation of a ``LamaDataModule``."""
+    data = trainer.datamodule
+    return list(getattr(data, "names", None) or [data.relation])
+
+
 class PredictionTable(Callback):
     """Logs ``test/predictions``: a row per test example, from the candidate scores that
     ``PromptModule.test_step`` returns."""
@@ -63,6 +73,7 @@ class PredictionTable(Callback):
         probs = outputs.detach().float().softmax(-1)
         top = probs.topk(min(self.top_k, probs.size(-1)), dim=-1)
         words = self._words(pl_module, top.indices)
+        names = relation_names(trainer)
         padding = batch.get("padding", torch.zeros_like(batch["index"])).tolist()
         for row, index in enumerate(batch["index"].tolist()):
             if padding[row]:  # a copy that pads the split across DDP ranks
@@ -72,7 +83,8 @@ class PredictionTable(Callback):
                 f"{w} {p:.3g}" for w, p in zip(words[row], top.values[row].tolist(), strict=True)
             )
             correct = int(top.indices[row, 0]) == int(batch["target_index"][row])
-            self.rows.append([example["sub"], example["obj"], ranked, correct])
+            relation = names[example.get("relation", 0)]
+            self.rows.append([relation, example["sub"], example["obj"], ranked, correct])
 
     @staticmethod
     def _words(pl_module: LightningModule, indices: torch.Tensor) -> list[list[str]]:
@@ -83,15 +95,17 @@ class PredictionTable(Callback):
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.rows:
             return
-        columns = ["subject", "gold", f"top-{self.top_k} (p over candidates)", "correct"]
+        columns = ["relation", "subject", "gold", f"top-{self.top_k} (p over candidates)"]
+        columns.append("correct")
         for logger in wandb_loggers(trainer):
             logger.log_table(self.key, columns=columns, data=self.rows, step=trainer.global_step)
         self.rows = []
 
 
 class PromptNeighbours(Callback):
-    """Logs ``prompt/neighbours``: for the tested prompt (after dev selection), each pseudo
-    token's ``k`` nearest vocabulary tokens. Prompts without pseudo tokens log nothing."""
+    """Logs ``prompt/neighbours``: for each relation's tested prompt (after dev selection),
+    each pseudo token's ``k`` nearest vocabulary tokens. Prompts without pseudo tokens log
+    nothing."""
 
     def __init__(self, key: str = "prompt/neighbours", k: int = 5) -> None:
         self.key, self.k = key, k
@@ -100,19 +114,21 @@ class PromptNeighbours(Callback):
         loggers = wandb_loggers(trainer)
         if not loggers:
             return
+        rows = []
         with torch.no_grad():
-            prompt = pl_module.prompt()
-        if not prompt.numel():
+            prompts = pl_module.relation_prompts()
+        for relation, prompt in zip(relation_names(trainer), prompts, strict=True):
+            nearest = nearest_tokens(prompt, pl_module.backbone, self.k) if prompt.numel() else []
+            rows += [
+                [relation, position, ", ".join(f"{token!r} {sim:.3f}" for token, sim in tokens)]
+                for position, tokens in enumerate(nearest)
+            ]
+        if not rows:
             return
-        nearest = nearest_tokens(prompt, pl_module.backbone, self.k)
-        rows = [
-            [position, ", ".join(f"{token!r} {sim:.3f}" for token, sim in neighbours)]
-            for position, neighbours in enumerate(nearest)
-        ]
         for logger in loggers:
             logger.log_table(
                 self.key,
-                columns=["pseudo_token", f"nearest {self.k} tokens (cosine)"],
+                columns=["relation", "pseudo_token", f"nearest {self.k} tokens (cosine)"],
                 data=rows,
                 step=trainer.global_step,
             )

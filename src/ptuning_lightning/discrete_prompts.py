@@ -7,8 +7,9 @@ Sources under ``<data_root>/prompts``:
 - ``lpaqa_mine`` / ``lpaqa_paraphrase``: LPAQA's mined and paraphrased prompts
   (``lpaqa_*/<relation>.jsonl``, ``{"template", "weight"}`` lines); we use the top-weighted
   one (on a tie, the first in the file). A causal LM reads the answer as the next token, so
-  for it we take the top-weighted template with context before ``[Y]`` (about a quarter of
-  LPAQA's top templates start with ``[Y]``). ``top_k`` > 1 is LPAQA's ensemble: the k
+  for it we take the top-weighted template with context before ``[Y]`` and its input before
+  ``[Y]`` too (about a quarter of LPAQA's top templates start with ``[Y]``; a few paraphrases,
+  e.g. "artists [Y] [X]." of P136, put ``[X]`` after it). ``top_k`` > 1 is LPAQA's ensemble: the k
   top-weighted usable templates (those whose answer slot is spaced like the top one's, so that
   every template scores the same answer tokens) with their weights.
 """
@@ -62,8 +63,9 @@ def published_templates(
             raise _missing(source, relation, path)
         if not usable:
             raise DataError(
-                f"prompt.source={source}: every prompt for relation {relation} starts with [Y],"
-                f" which a causal LM cannot read out ({path}); use a masked LM or another source"
+                f"prompt.source={source}: every prompt for relation {relation} starts with [Y] or"
+                f" puts [X] after it, which a causal LM cannot read out ({path}); use a masked LM"
+                " or another source"
             )
         space = _answer_space(usable[0]["template"])
         chosen = [r for r in usable if _answer_space(r["template"]) == space][:top_k]
@@ -72,6 +74,7 @@ def published_templates(
 
 
 def _causal_ready(template: str) -> bool:
+    """Whether a causal LM can read the template out (``Template.for_causal``)."""
     try:
         Template.parse(template).for_causal()
     except TemplateError:

@@ -2,8 +2,9 @@
 
 Every encoder maps nothing to a (n_tokens, embed_dim) tensor: the prompt does not depend on
 the input, so it is computed once per step. After training only that output is needed, so
-``export_prompt`` saves it (with the template and backbone id) and ``FixedPrompt`` serves it
-at evaluation without building the encoder.
+``export_prompt`` saves it (with the template, and the relation, backbone and tokenizer it
+was trained for, which ``load_prompt`` checks) and ``FixedPrompt`` serves it at evaluation
+without building the encoder.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from ptuning_lightning.backbones import Backbone
+from ptuning_lightning.templates import Template, slot_names
 
 
 class PromptEncoder(nn.Module):
@@ -132,25 +136,69 @@ class FixedPrompt(nn.Module):
         return self.embeddings
 
 
-def export_prompt(path: str | Path, embeddings: torch.Tensor, template: str, backbone: str) -> None:
-    """Save the final prompt embeddings with what is needed to use them again."""
+# What an exported prompt records besides its embeddings and template, as messages name it.
+PROMPT_METADATA = {
+    "trained_for": "relation (or task; task.relation)",
+    "backbone": "backbone (backbone.name)",
+    "kind": "model kind (backbone.kind)",
+    "tokenizer": "tokenizer fingerprint (a hash of the vocabulary)",
+    "n_prompt": "pseudo-token count",
+}
+
+
+def export_prompt(
+    path: str | Path, embeddings: torch.Tensor, template: str, backbone: Backbone, trained_for: str
+) -> None:
+    """Save the final prompt embeddings with what is needed to use them again, and what
+    ``load_prompt`` checks: ``trained_for`` (the LAMA relation or SuperGLUE task), the number
+    of pseudo tokens, the backbone's name and kind, and its tokenizer's fingerprint."""
     payload = {
         "embeddings": embeddings.detach().float().cpu(),
         "template": template,
-        "backbone": backbone,
+        "backbone": backbone.name,
+        "kind": backbone.kind,
+        "tokenizer": backbone.tokenizer_fingerprint(),
+        "trained_for": trained_for,
+        "n_prompt": embeddings.size(0),
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, path)
 
 
-def load_prompt(path: str | Path, backbone: str) -> tuple[torch.Tensor, str]:
-    """Load an exported prompt; refuses one made for another backbone."""
+def load_prompt(path: str | Path, backbone: Backbone, trained_for: str) -> tuple[torch.Tensor, str]:
+    """Load an exported prompt for ``trained_for`` (the job's relation) on ``backbone``.
+    Refuses, naming what differs: another relation, backbone, model kind or tokenizer, or a
+    number of rows unlike the template's pseudo tokens (as ``backbone.kind`` reads them).
+    Files exported before this metadata was stored are refused: re-export them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"exported prompt not found: {path}")
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload["backbone"] != backbone:
+    missing = [key for key in PROMPT_METADATA if key not in payload]
+    if missing:
         raise ValueError(
-            f"{path} was trained for backbone {payload['backbone']!r}, not {backbone!r}"
+            f"{path} lacks {', '.join(missing)} (exported by an older version, which stored no "
+            "such checks); re-export it: run its ptl-train job again with resume=false"
         )
-    return payload["embeddings"], payload["template"]
+    expected = {
+        "trained_for": trained_for,
+        "backbone": backbone.name,
+        "kind": backbone.kind,
+        "tokenizer": backbone.tokenizer_fingerprint(),
+    }
+    for key, value in expected.items():
+        if payload[key] != value:
+            raise ValueError(
+                f"{path}: the prompt's {PROMPT_METADATA[key]} is {payload[key]!r}, "
+                f"not {value!r} as in this job"
+            )
+    embeddings, template = payload["embeddings"], payload["template"]
+    parsed = Template.parse(template, slot_names(template))
+    n_prompt = (parsed.for_causal() if backbone.kind == "causal" else parsed).n_prompt
+    if not embeddings.size(0) == payload["n_prompt"] == n_prompt:
+        raise ValueError(
+            f"{path}: {embeddings.size(0)} prompt rows (the file says {payload['n_prompt']}), "
+            f"but its template {template!r} has {n_prompt} pseudo tokens for a "
+            f"{backbone.kind} LM"
+        )
+    return embeddings, template

@@ -32,10 +32,8 @@ def configure_execution(
             raise ValueError(f"{backbone.name}: no transformer layers found to checkpoint")
         for layer in layers:
             layer.forward = functools.partial(_checkpointed, layer.forward)
-    if compile:
-        backend = "inductor" if compile is True else compile
-        # an instance attribute: the body stays the registered submodule (state dict unchanged)
-        backbone.body.forward = torch.compile(backbone.body.forward, backend=backend, dynamic=True)
+    if compile:  # kept with the backbone: a trainable copy compiles its own body
+        backbone.compile_body("inductor" if compile is True else compile)
     return backbone
 
 

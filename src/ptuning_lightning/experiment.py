@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -197,21 +198,30 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
     started = time.perf_counter()
     if trainable:
         trainer.fit(module, data, ckpt_path=last_checkpoint(cfg))  # resume: true
-        result["dev_p1"] = float(trainer.checkpoint_callback.best_model_score)
-        dev_n = trainer.callback_metrics.get("dev/n")  # every epoch's; None: nothing left to fit
-        result["dev_n"] = None if dev_n is None else int(dev_n)
+        best = trainer.checkpoint_callback.best_model_score
+        if best is None:  # training ended before its first dev evaluation (trainer.max_steps)
+            log.warning(
+                "%s: no dev evaluation during training; the final prompt is scored", relation
+            )
+            dev = trainer.validate(module, data, verbose=False)[0]
+            result["dev_p1"], result["dev_n"] = dev["dev/P@1"], int(dev["dev/n"])
+        else:
+            result["dev_p1"] = float(best)
+            dev_n = trainer.callback_metrics.get("dev/n")  # every epoch's; None: nothing to fit
+            result["dev_n"] = None if dev_n is None else int(dev_n)
         result["epochs"] = trainer.current_epoch
         result["train_loss"] = list(module.loss_curve)  # per epoch; before "best" reloads it
         result["train_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
-        test = trainer.test(module, data, ckpt_path="best", verbose=False)
+        selected = None if best is None else "best"
+        test = trainer.test(module, data, ckpt_path=selected, verbose=False)
         out = Path(cfg.paths.output_dir) / relation
         # trainer=ddp: every rank runs this, one writes. A prompt trained with its backbone
         # is only meaningful with that backbone: the checkpoint holds both.
         if trainer.is_global_zero and not module.backbone.trainable:
             with torch.no_grad():
                 prompt, result["template"] = module.eval().exported(data.template_source)
-                export_prompt(out / "prompt.pt", prompt, result["template"], backbone.name)
+                export_prompt(out / "prompt.pt", prompt, result["template"], backbone, relation)
             result |= prompt_norms(prompt, backbone.embeddings)
     else:
         dev = trainer.validate(module, data, verbose=False)[0]
@@ -220,10 +230,16 @@ def run_relation(cfg: DictConfig, backbone: Backbone) -> dict:
     result["test_p1"], result["test_n"] = test[0]["test/P@1"], int(test[0]["test/n"])
     result |= test_facts(module, data.datasets["test"], data.candidate_ids)
     result["eval_seconds"] = time.perf_counter() - started
-    for logger in trainer.loggers:  # one wandb run per relation: close it before the next
+    finish_wandb(trainer)
+    return result
+
+
+def finish_wandb(trainer: L.Trainer) -> None:
+    """Close the trainer's W&B runs (one per relation, or one per pass): the next relation
+    starts its own, and an offline run is complete on disk once its job returns."""
+    for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()
-    return result
 
 
 def run_in_one_pass(cfg: DictConfig, relations: list[str], backbone: Backbone) -> dict:
@@ -266,11 +282,17 @@ def run_in_one_pass(cfg: DictConfig, relations: list[str], backbone: Backbone) -
     started = time.perf_counter()
     if trainable:
         trainer.fit(module, data, ckpt_path=last_checkpoint(one_pass))
+        if None in module.best_states:  # ended before a dev evaluation (trainer.max_steps)
+            log.warning(
+                "multi_relation: no dev evaluation during training; scoring the final prompts"
+            )
+            trainer.validate(module, data, verbose=False)
         module.load_best()
     else:
         trainer.validate(module, data, verbose=False)
     trainer.test(module, data, verbose=False)
     seconds = time.perf_counter() - started  # the pass over all relations together
+    finish_wandb(trainer)
     results = {}
     for r, (relation, (_, part, _)) in enumerate(parts.items()):
         p1, n = module.test_results[r]
@@ -284,9 +306,10 @@ def run_in_one_pass(cfg: DictConfig, relations: list[str], backbone: Backbone) -
             with torch.no_grad():
                 prompt = module.encoder[r].eval()()
             out = Path(cfg.paths.output_dir) / relation / "prompt.pt"
-            export_prompt(out, prompt, part.template_source, backbone.name)
+            export_prompt(out, prompt, part.template_source, backbone, relation)
             result |= prompt_norms(prompt, backbone.embeddings)
-        result |= test_facts(module, part.datasets["test"], data.candidate_ids, r)
+        examples = [e for e in data.datasets["test"] if e["relation"] == r]
+        result |= test_facts(module, examples, data.candidate_ids, r)
         result["one_pass_seconds"] = seconds
         results[relation] = result
     return results
@@ -332,7 +355,7 @@ def build_prompt(
     path = Path(cfg.prompt.path)
     if path.is_dir():
         path = path / cfg.task.relation / "prompt.pt"
-    embeddings, template = load_prompt(path, backbone.name)
+    embeddings, template = load_prompt(path, backbone, cfg.task.relation)
     return FixedPrompt(embeddings), template, None
 
 
@@ -363,6 +386,8 @@ def build_encoder(
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     end_finished_job()  # trainer=ddp in a multirun: the previous job's ranks are done
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if cfg.trainer.get("enable_progress_bar") is False:  # the bar callback would be refused
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     schedule = cfg.prompt.get("trainer") or {}  # a prompt's own schedule (prompt=autoprompt)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **schedule)

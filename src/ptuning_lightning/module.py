@@ -33,6 +33,10 @@ class PromptParts:
             return torch.empty(0, self.backbone.hidden_size, device=self.device)
         return self.encoder()
 
+    def relation_prompts(self) -> list[torch.Tensor]:
+        """The prompt of each relation the module serves (one here), unpadded."""
+        return [self.prompt()]
+
     def learned_state(self) -> set[str]:
         """State-dict names of what training changes: the trainable parameters."""
         return {name for name, p in self.named_parameters() if p.requires_grad}

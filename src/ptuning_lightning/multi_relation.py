@@ -71,6 +71,10 @@ class MultiRelationModule(PromptModule):
         ]
         return torch.stack([nn.functional.pad(p, (0, 0, 0, longest - p.size(0))) for p in rows])
 
+    def relation_prompts(self) -> list[torch.Tensor]:
+        """Each relation's prompt (n_r, H), unpadded (empty without pseudo tokens)."""
+        return [p() for p in self.encoder]
+
     def prompt_rows(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, n_max, H): each example's relation's prompt."""
         relation = batch["relation"]

@@ -101,10 +101,29 @@ def build_task(cfg: DictConfig, backbone) -> tuple[CandidateModule, SuperGlueDat
     return module, data, trains
 
 
+# Trainer options that the few-shot protocol sets, with their values in conf/trainer/cpu.yaml
+# and the task.train key that decides them instead: any other value is refused, not replaced.
+PROTOCOL_OPTIONS = {
+    "max_steps": (-1, "task.train.max_steps"),
+    "max_epochs": (100, "task.train.max_steps"),
+    "min_epochs": (1, "task.train.max_steps"),
+    "val_check_interval": (None, "task.train.eval_every"),
+    "check_val_every_n_epoch": (1, "task.train.eval_every"),
+    "num_sanity_val_steps": (None, "the protocol, which runs none"),
+}
+
+
 def protocol_config(cfg: DictConfig, out: Path) -> DictConfig:
     """The few-shot protocol as trainer and callback settings: step budget, evaluation every
     N steps, selection and early stopping on ``dev/score``; LAMA-only callbacks removed and
-    logger runs named after the task."""
+    logger runs named after the task. Trainer options the protocol sets are refused when the
+    job sets them too (``PROTOCOL_OPTIONS``)."""
+    for key, (default, instead) in PROTOCOL_OPTIONS.items():
+        if cfg.trainer.get(key, default) != default:
+            raise ValueError(
+                f"trainer.{key}={cfg.trainer[key]}: SuperGLUE jobs follow the few-shot protocol, "
+                f"so this is set by {instead}; leave trainer.{key} at {default}"
+            )
     cfg = cfg.copy()
     train = cfg.task.train
     with open_dict(cfg):
@@ -135,9 +154,10 @@ def run_task(cfg: DictConfig, out: Path, started: float) -> dict:
     from ptuning_lightning.experiment import build_trainer, load_backbone
 
     refuse_replaced(cfg, job_overrides())
+    protocol = protocol_config(cfg, out)  # refuses trainer options it would replace
     backbone = load_backbone(cfg)
     module, data, trains = build_task(cfg, backbone)
-    cfg = protocol_config(cfg, out)
+    cfg = protocol
     trainer = build_trainer(cfg)
     if trains:
         trainer.fit(module, data, ckpt_path=last_checkpoint(cfg))
@@ -146,7 +166,7 @@ def run_task(cfg: DictConfig, out: Path, started: float) -> dict:
         # a prompt trained with its backbone is only meaningful with it: the checkpoint has both
         if module.encoder is not None and not backbone.trainable and trainer.is_global_zero:
             prompt = module.eval().prompt()
-            export_prompt(out / "prompt.pt", prompt, data.template_source, backbone.name)
+            export_prompt(out / "prompt.pt", prompt, data.template_source, backbone, data.folder)
     else:
         dev = trainer.validate(module, data, verbose=False)[0]
         test = trainer.test(module, data, verbose=False)[0]

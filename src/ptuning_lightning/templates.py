@@ -9,7 +9,8 @@ A template is text with bracketed parts:
 
 Example: the paper's (3, 3, 3) LAMA shape is ``"[P*3] [X] [P*3] [Y] [P*3]"``. For a causal LM
 the answer is read from the position before ``[Y]``, so everything after ``[Y]`` is dropped
-(as in the reference implementation).
+(as in the reference implementation); a template with an input slot after ``[Y]`` is refused
+for causal LMs.
 
 Whitespace in front of a part decides whether its tokens carry a leading space ("was born in
 Paris" tokenizes " Paris"), which matters for byte-level BPE tokenizers.
@@ -47,11 +48,19 @@ class Template:
     source: str
     parts: tuple[Part, ...]
     slots: tuple[str, ...] = ("X",)
+    after_answer: tuple[str, ...] = ()  # slots a causal LM may lose after [Y] (see for_causal)
 
     @classmethod
-    def parse(cls, source: str, slots: tuple[str, ...] | list[str] = ("X",)) -> Template:
+    def parse(
+        cls,
+        source: str,
+        slots: tuple[str, ...] | list[str] = ("X",),
+        after_answer: tuple[str, ...] = (),
+    ) -> Template:
         """Parse ``source``; every slot in ``slots`` and exactly one ``[Y]`` must appear.
-        Whitespace around the whole template carries no meaning and is ignored."""
+        Whitespace around the whole template carries no meaning and is ignored.
+        ``after_answer``: slots that are context after the answer (ReCoRD's rest of the
+        query), which a causal LM may go without."""
         slots = tuple(slots)
         source = source.strip()
         parts: list[Part] = []
@@ -80,7 +89,7 @@ class Template:
         for slot in slots:
             if not any(p.kind == "slot" and p.value == slot for p in parts):
                 raise TemplateError(f"template {source!r} has no input slot [{slot}]")
-        return cls(source, tuple(parts), slots)
+        return cls(source, tuple(parts), slots, tuple(after_answer))
 
     @property
     def n_prompt(self) -> int:
@@ -93,11 +102,24 @@ class Template:
         return next(p.space for p in self.parts if p.kind == "answer")
 
     def for_causal(self) -> Template:
-        """The template a causal LM sees: the answer is the next token, so nothing follows it."""
+        """The template a causal LM sees: the answer is the next token, so nothing follows it.
+        Refuses templates whose input slots would be dropped with what follows ``[Y]`` (but
+        those of ``after_answer``)."""
         end = next(i for i, p in enumerate(self.parts) if p.kind == "answer")
         if not any(p.kind != "text" or p.value.strip() for p in self.parts[:end]):
             raise TemplateError(f"template {self.source!r}: a causal LM needs context before [Y]")
-        return Template(self.source, self.parts[: end + 1], self.slots)
+        after = [
+            f"[{p.value}]"
+            for p in self.parts[end + 1 :]
+            if p.kind == "slot" and p.value not in self.after_answer
+        ]
+        if after:
+            raise TemplateError(
+                f"template {self.source!r}: {', '.join(after)} after [Y] would be dropped for a "
+                "causal LM (it reads the answer as the next token, so nothing follows [Y]); "
+                "put the input before [Y]"
+            )
+        return Template(self.source, self.parts[: end + 1], self.slots, self.after_answer)
 
 
 def fill_pseudo(source: str, words: list[str]) -> str:

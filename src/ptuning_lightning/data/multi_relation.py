@@ -75,12 +75,13 @@ class MultiRelationData(SplitLoaders, LightningDataModule):
                     f"{self.names[0]}'s (their templates space [Y] differently)"
                 )
         self.candidate_ids = first.candidate_ids
-        for split in SPLITS:
-            self.datasets[split] = [
+        for split in SPLITS:  # ``index``: the position in the concatenated split
+            examples = [
                 {**example, "relation": r}
                 for r, part in enumerate(self.parts)
                 for example in part.datasets[split]
             ]
+            self.datasets[split] = [{**e, "index": i} for i, e in enumerate(examples)]
 
     def train_dataloader(self) -> DataLoader:
         sizes = [len(part.datasets["train"]) for part in self.parts]

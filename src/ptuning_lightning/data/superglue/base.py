@@ -49,6 +49,8 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
     choice_labels: ClassVar[tuple[str, ...]] = ()  # choice tasks: the valid label values
     metrics: ClassVar[tuple[str, ...]] = ("acc",)  # what SuperGLUE reports for the task
     test_split_default: ClassVar[str] = "val"
+    # slots that follow [Y] as context, which a causal LM does not see (ReCoRD's rest)
+    after_answer: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -89,7 +91,8 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
                 f"task.pattern: {self.folder} has no {kind} id {pattern}; ids {list(table)}"
             )
         self.template_source = template or table[pattern]
-        template = Template.parse(self.template_source, slot_names(self.template_source))
+        slots = slot_names(self.template_source)
+        template = Template.parse(self.template_source, slots, self.after_answer)
         self.encoder = TemplateTokenizer(template, tokenizer, model_kind, max_length)
         self.template = self.encoder.template  # as the model sees it (causal: nothing after [Y])
         self.used_slots = [p.value for p in self.template.parts if p.kind == "slot"]

@@ -17,6 +17,7 @@ class ReCoRDDataModule(SuperGlueDataModule):
     manual_patterns = {0: "[passage] [query] [Y] [rest]"}
     metrics = ("record_f1", "record_em")
     test_split_default = "dev32"
+    after_answer = ("rest",)
 
     def items(self, record: dict, where: str) -> list[Item]:
         text = record["passage"]["text"]
