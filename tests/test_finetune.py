@@ -18,10 +18,12 @@ def test_ptuning_finetune_has_two_parameter_groups(tmp_path, compose_cfg, gpt2):
     overrides = ["prompt=ptuning_finetune", "optimizer.lr=0.003", "prompt.backbone_lr=0.0002"]
     cfg = compose_cfg("train", tmp_path, [*ONE_EPOCH, *overrides])
     module, _, trainable = build_relation(cfg, gpt2)
-    optimizer = module.configure_optimizers()["optimizer"]
+    (optimizer,), _ = module.configure_optimizers()
     prompt, backbone = optimizer.param_groups
     assert trainable and module.backbone is not gpt2
-    assert prompt["lr"] == 0.003 and backbone["lr"] == 0.0002
+    # the configured rates; the warmup starts both at 1% of them
+    assert prompt["initial_lr"] == 0.003 and backbone["initial_lr"] == 0.0002
+    assert prompt["lr"] == pytest.approx(0.003 * 0.01) and backbone["lr"] == pytest.approx(2e-6)
     assert {id(p) for p in prompt["params"]} == {id(p) for p in module.encoder.parameters()}
     assert {id(p) for p in backbone["params"]} == {id(p) for p in module.backbone.parameters()}
     assert all(not p.requires_grad for p in gpt2.parameters())  # the shared one stays frozen

@@ -84,11 +84,11 @@ def test_optimizer_sees_only_encoder_parameters(backbone):
     """Adam gets the encoder's tensors, not the frozen backbone's; the scheduler steps per epoch."""
     scheduler = functools.partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.5)
     module = make_module(backbone, scheduler=scheduler)
-    config = module.configure_optimizers()
-    optimized = [p for g in config["optimizer"].param_groups for p in g["params"]]
+    (optimizer,), schedulers = module.configure_optimizers()
+    optimized = [p for g in optimizer.param_groups for p in g["params"]]
     assert {id(p) for p in optimized} == {id(p) for p in module.encoder.parameters()}
     assert len(optimized) == len(list(module.encoder.parameters()))
-    assert config["lr_scheduler"]["interval"] == "epoch"
+    assert [s["interval"] for s in schedulers] == ["epoch"]
     assert isinstance(make_module(backbone).configure_optimizers(), torch.optim.Adam)
 
 

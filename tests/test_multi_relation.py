@@ -48,6 +48,8 @@ def test_training_in_one_pass_follows_separate_runs(tmp_path, compose_cfg):
         "optimizer.lr=0.003",
         "trainer.max_epochs=4",
         "callbacks.early_stopping.patience=1",
+        "ties_improve=false",  # (with ties improving, no relation stops early here)
+        "warmup.total_iters=20",  # longer than an epoch of the smaller relation
     ]
     separate, one_pass = both_ways(tmp_path, compose_cfg, overrides)
     assert {r["epochs"] for r in separate.values()} != {4}  # some relation stopped early

@@ -178,10 +178,12 @@ def build_relation(
 
 
 def optimization(cfg: DictConfig, trainable: bool) -> dict:
-    """The module's optimizer and scheduler factories and its loss (None: nothing trains)."""
+    """The module's optimizer, warmup and scheduler factories and its loss (None: nothing
+    trains, or the key is null)."""
     return {
         "optimizer": instantiate(cfg.optimizer) if trainable else None,
         "scheduler": instantiate(cfg.scheduler) if trainable and cfg.get("scheduler") else None,
+        "warmup": instantiate(cfg.warmup) if trainable and cfg.get("warmup") else None,
         "loss_over": cfg.prompt.get("loss_over", "vocab"),
     }
 

@@ -61,8 +61,10 @@ class PromptModule(PromptParts, LightningModule):
         loss_over: str = "vocab",
         backbone_lr: float | None = None,
         template_weights: list[float] | None = None,
+        warmup: Callable | None = None,
     ) -> None:
         """``encoder=None`` is a prompt without pseudo tokens (a manual or discrete template);
+        ``scheduler`` steps every epoch (the paper's decay), ``warmup`` every step;
         ``loss_over`` is ``vocab`` (the paper: softmax over the whole vocabulary) or
         ``candidates`` (softmax over the candidate words only); ``backbone_lr`` is the
         learning rate of a trainable backbone (the fine-tuning baselines), whose parameters
@@ -81,6 +83,7 @@ class PromptModule(PromptParts, LightningModule):
         else:
             self.template_weights = None
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.warmup_factory = warmup
         self.loss_over, self.backbone_lr = loss_over, backbone_lr
         self.dev_p1, self.test_p1 = PrecisionAtOne(), PrecisionAtOne()
         self.dev_n, self.test_n = ExampleCount(), ExampleCount()  # results.json: dev_n, test_n
@@ -152,7 +155,7 @@ class PromptModule(PromptParts, LightningModule):
         size = batch["target_index"].numel()
         for metric in (p1, n):
             metric.update(scores, batch["target_index"], batch.get("padding"))
-        if split == "test":
+        if split == "test" and "index" in batch:  # per-fact results need the facts' positions
             self.test_top.update(scores, batch["index"], padding=batch.get("padding"))
         self.log(f"{split}/P@1", p1, prog_bar=True, batch_size=size)
         self.log(f"{split}/n", n, batch_size=size)
@@ -198,13 +201,16 @@ class PromptModule(PromptParts, LightningModule):
         if self.optimizer_factory is None or not groups:
             raise RuntimeError("this prompt has nothing to train (use evaluation instead)")
         optimizer = self.optimizer_factory(groups)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-        }
+        schedulers = []  # both multiply the current learning rate, so they compose
+        if self.warmup_factory is not None:
+            schedulers.append({"scheduler": self.warmup(optimizer), "interval": "step"})
+        if self.scheduler_factory is not None:
+            schedulers.append({"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"})
+        return ([optimizer], schedulers) if schedulers else optimizer
+
+    def warmup(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """The configured per-step warmup of ``optimizer``."""
+        return self.warmup_factory(optimizer)
 
     def exported(self, template: str) -> tuple[torch.Tensor, str]:
         """What ``prompt.pt`` stores of the trained prompt: its embeddings and template."""

@@ -24,7 +24,7 @@ from ptuning_lightning.module import PromptModule
 from ptuning_lightning.selection import improves
 
 # Per-relation selection state, kept in checkpoints so that a resumed pass goes on exactly.
-SELECTION = ("best", "waited", "stopped_epoch", "best_states", "dev_count")
+SELECTION = ("best", "waited", "stopped_epoch", "best_states", "dev_count", "relation_steps")
 
 
 class MultiRelationModule(PromptModule):
@@ -39,13 +39,16 @@ class MultiRelationModule(PromptModule):
         loss_over: str = "vocab",
         patience: int = 20,
         ties_improve: bool = True,
+        warmup: Callable | None = None,
     ) -> None:
         """``encoders``: one per relation (None: a template without pseudo tokens);
         ``active``: the relations still training, shared with ``MultiRelationData``;
         ``ties_improve``: a dev P@1 equal to the best so far counts as an improvement."""
         empty = torch.empty(0, backbone.hidden_size)
         prompts = nn.ModuleList([e if e is not None else FixedPrompt(empty) for e in encoders])
-        super().__init__(backbone, candidate_ids, prompts, optimizer, scheduler, loss_over)
+        super().__init__(
+            backbone, candidate_ids, prompts, optimizer, scheduler, loss_over, warmup=warmup
+        )
         n = len(encoders)
         with torch.no_grad():
             self.lengths = [len(p()) for p in prompts]  # pseudo tokens per relation
@@ -56,6 +59,8 @@ class MultiRelationModule(PromptModule):
         self.stopped_epoch: list[int | None] = [None] * n
         self.best_states: list[dict | None] = [None] * n
         self.dev_count = [0] * n
+        self.relation_steps = [0] * n  # optimizer steps each relation took part in (warmup)
+        self.present: set[int] = set()  # the relations of the step's training batches
         self.train_loss = RelationMean(n)
         self.loss_curve: list[list[float]] = [[] for _ in range(n)]  # per relation
 
@@ -80,8 +85,63 @@ class MultiRelationModule(PromptModule):
         relation = batch["relation"]
         return self.prompt(relation.unique())[relation]
 
+    def parameter_groups(self) -> list[dict]:
+        """One optimizer group per relation that trains (``relation``: its index), so that
+        each relation warms up over its own steps (``warmup``)."""
+        groups = []
+        for r, encoder in enumerate(self.encoder):
+            params = [p for p in encoder.parameters() if p.requires_grad]
+            if params:
+                groups.append({"params": params, "relation": r})
+        return groups
+
+    def warmup(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """Each relation's warmup counts the steps it took part in, as its separate run does
+        (a relation with fewer batches sits out an epoch's last steps). The configured
+        warmup runs per relation on a stand-in optimizer; each relation's group multiplies its
+        learning rate by the change of that factor (``MultiplicativeLR`` composes with the
+        per-epoch scheduler, as the warmup of a separate run does)."""
+        self.stand_ins = {}
+        for group in optimizer.param_groups:
+            stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+            schedule = self.warmup_factory(stand_in)
+            for _ in range(self.relation_steps[group["relation"]]):  # a resumed pass
+                stand_in.step()
+                schedule.step()
+            self.stand_ins[group["relation"]] = [stand_in, schedule, None]
+        factors = [self._factor_change(group["relation"]) for group in optimizer.param_groups]
+        scheduler = torch.optim.lr_scheduler.MultiplicativeLR(
+            optimizer,
+            [
+                lambda _, r=group["relation"]: self._factor_change(r)
+                for group in optimizer.param_groups
+            ],
+        )
+        for group, factor in zip(optimizer.param_groups, factors, strict=True):
+            group["lr"] *= factor  # the starting factor (step 0, or where a resume left off)
+        return scheduler
+
+    def _factor_change(self, relation: int) -> float:
+        """The relation's warmup factor divided by the one its group last applied."""
+        stand_in, _, applied = self.stand_ins[relation]
+        factor = stand_in.param_groups[0]["lr"]
+        self.stand_ins[relation][2] = factor
+        return factor / (applied or 1.0)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Count a step for each relation of the step's batches and advance its warmup, which
+        Lightning then applies after the step (as a separate run's warmup advances)."""
+        for r in sorted(self.present):
+            self.relation_steps[r] += 1
+            if r in getattr(self, "stand_ins", {}):
+                stand_in, schedule, _ = self.stand_ins[r]
+                stand_in.step()
+                schedule.step()
+        self.present = set()
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         relation = batch["relation"]
+        self.present |= set(relation.unique().tolist())
         per_example = self.loss(batch, self.prompt_rows(batch), reduction="none")
         count = torch.bincount(relation, minlength=len(self.encoder))[relation]
         loss = (per_example / count).sum()  # the sum over relations of each one's batch mean

@@ -38,6 +38,7 @@ REPLACED = {
     "optimizer.lr": "set task.train.lr",
     "prompt.backbone_lr": "set task.train.backbone_lr",
     "scheduler": "the learning rate is constant over task.train.max_steps",
+    "warmup": "the learning rate is constant over task.train.max_steps",
 }
 
 
