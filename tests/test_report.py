@@ -91,6 +91,8 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
             "encoder": "—",
             "test_p1_mean": "30.00",
             "test_p1_std": "0.00",
+            "ci95_low": "",
+            "ci95_high": "",
             "seeds": "2",
             "relations": "3",
         },
@@ -100,6 +102,8 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
             "encoder": "lstm",
             "test_p1_mean": "65.00",
             "test_p1_std": "7.07",
+            "ci95_low": "",
+            "ci95_high": "",
             "seeds": "2",
             "relations": "3",
         },
@@ -110,6 +114,8 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
             "encoder": "mlp",
             "test_p1_mean": "15.00",
             "test_p1_std": "",
+            "ci95_low": "",
+            "ci95_high": "",
             "seeds": "1",
             "relations": "2",
         },
@@ -145,6 +151,7 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
             report.REPORT_MD,
             report.MACRO_CSV,
             report.RELATIONS_CSV,
+            report.PAIRED_CSV,
             report.RELATIONS_PNG,
             report.ENCODERS_PNG,
         ]
@@ -219,4 +226,65 @@ def test_methods_side_by_side_in_the_papers_order(tmp_path):
         "MP+FT",
         "P-Tuning",
     ]
-    assert rows == [["tiny-gpt2", "10.0", "20.0", "25.0", "30.0", "40.0", "50.0", "60.0"]]
+    # no per-fact hits in these results: no intervals, and only the best is marked
+    assert rows == [["tiny-gpt2", "10.0", "20.0", "25.0", "30.0", "40.0", "50.0", "60.0 (best)"]]
+
+
+def job_with(tmp_path: Path, name: str, method: str, seed: int, hits: dict[str, str], **config):
+    """A job whose relations carry per-fact hits, with extra config values (``prompt``,
+    ``optimizer``) that may make it a setting of its own."""
+    run = result(method, "lstm", seed, {r: h.count("1") / len(h) for r, h in hits.items()})
+    for relation, h in hits.items():
+        run["relations"][relation] |= {"test_hits": h, "epochs": 3}
+    for group, values in config.items():
+        run["config"].setdefault(group, {}).update(values)
+    write_job(tmp_path / name, [name], run)
+
+
+def test_rows_are_settings_and_only_seeds_are_averaged(tmp_path):
+    """Four P-Tuning templates x 2 seeds give four rows of 2 seeds each (not one row of 8);
+    manual runs that differ only in a training key (nothing trains) stay one row."""
+    hits = {"P19": "1100"}
+    for t, template in enumerate(["[P] [X] [P] [Y]", "[P*3] [X] [P*3] [Y]", "[P*6] [X] [Y]"]):
+        for seed in (1, 2):
+            prompt = {"template": template}
+            job_with(tmp_path, f"t{t}s{seed}", "ptuning", seed, hits, prompt=prompt)
+    for seed, lr in ((1, 0.1), (2, 0.2)):
+        run = result("manual", "lstm", seed, {"P19": 0.25})
+        run["config"]["optimizer"] = {"lr": lr}
+        write_job(tmp_path / f"m{seed}", [f"m{seed}"], run)
+    t = report.tables(report.load_runs([tmp_path])[0])
+    rows = {row.key.label(): len(row.runs) for row in t.rows}
+    assert rows == {
+        "manual": 2,
+        "ptuning (prompt.template=[P*3] [X] [P*3] [Y])": 2,
+        "ptuning (prompt.template=[P*6] [X] [Y])": 2,
+        "ptuning (prompt.template=[P] [X] [P] [Y])": 2,
+    }
+    header, _ = report.macro_table(t, report.Bootstrap())
+    assert "setting" in header
+
+
+def test_bootstrap_intervals_and_paired_differences(tmp_path):
+    """One seed each on one relation of 100 facts: A hits 50, B hits none, C hits exactly
+    A's facts, D hits all. A's 95% interval is near the normal one, 50 ± 1.96 * 5 points;
+    D's is [100, 100]; A - B is +50 beyond noise, A - C is 0 within noise."""
+    facts = {"A": "1" * 50 + "0" * 50, "B": "0" * 100, "C": "1" * 50 + "0" * 50, "D": "1" * 100}
+    for name, h in facts.items():
+        job_with(tmp_path, name, "ptuning", 1, {"P19": h}, prompt={"template": name})
+    t = report.tables(report.load_runs([tmp_path])[0])
+    boot = report.Bootstrap()
+    row = {r.key.setting[0][1]: r for r in t.rows}
+    low, high = boot.interval(row["A"], ["P19"])
+    assert low == pytest.approx(0.5 - 1.96 * 0.05, abs=0.02)
+    assert high == pytest.approx(0.5 + 1.96 * 0.05, abs=0.02)
+    assert boot.interval(row["D"], ["P19"]) == (1.0, 1.0)
+    a_b = boot.difference(row["A"], row["B"], ["P19"])
+    assert a_b[0] == pytest.approx(0.5) and a_b[1] > 0.35 and not report.within_noise(a_b)
+    a_c = boot.difference(row["A"], row["C"], ["P19"])
+    assert a_c == (0.0, 0.0, 0.0) and report.within_noise(a_c)
+    header, (cells,) = report.side_by_side(t, boot)
+    side = dict(zip(header, cells, strict=True))
+    assert side["P-Tuning (prompt.template=D)"] == "100.0 [100.0, 100.0] (best)"
+    text = report.markdown_tables(t, boot)
+    assert "| tiny-gpt2 | ptuning (prompt.template=A) | ptuning (prompt.template=B) | +50.0" in text

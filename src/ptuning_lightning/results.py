@@ -33,9 +33,13 @@ def fact_results(examples: list[dict], top: dict[int, int], words: dict[int, str
     whether it is the gold object (``test_hits``, a string of 0/1, what ``ptl-report``'s
     bootstrap resamples); and the share of facts given the single most predicted word
     (``collapse_rate``: near 1 when a prompt answers the same word whatever the subject).
-    ``top`` maps each example's index to its top candidate, ``words`` a candidate to its word."""
-    predicted = [words[top[e["index"]]] for e in examples]
-    hits = "".join("1" if top[e["index"]] == e["target_index"] else "0" for e in examples)
+    ``top`` maps each example's index to its top candidate, ``words`` a candidate to its word;
+    examples that were not scored (``trainer.limit_test_batches``) are left out."""
+    scored = [e for e in examples if e["index"] in top]  # all, unless limit_test_batches
+    if not scored:
+        return {}
+    predicted = [words[top[e["index"]]] for e in scored]
+    hits = "".join("1" if top[e["index"]] == e["target_index"] else "0" for e in scored)
     most, count = Counter(predicted).most_common(1)[0]
     return {
         "collapse_rate": count / len(predicted),
