@@ -35,7 +35,9 @@ FEW_WORDS = [
     "Venezuela",
 ]
 
-LEARN = ("optimizer.lr=0.01", "prompt.loss_over=candidates")  # learn something in one epoch
+# Learn something in one epoch (no warmup), and keep the first of tied dev scores, so that the
+# dev-selected prompt is an early one and differs from the final one.
+LEARN = ("optimizer.lr=0.01", "prompt.loss_over=candidates", "warmup=null", "ties_improve=false")
 EPOCHS = 3
 # A second checkpoint callback that keeps every epoch's weights (the final ones included).
 EVERY_EPOCH = (
