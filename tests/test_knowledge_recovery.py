@@ -34,6 +34,8 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerFast
@@ -41,6 +43,7 @@ from transformers import PreTrainedTokenizerFast
 from ptuning_lightning.backbones import Backbone, build_tiny
 from ptuning_lightning.data.batching import collate
 from ptuning_lightning.encoders import MLPPromptEncoder
+from ptuning_lightning.experiment import ROOT
 from ptuning_lightning.module import PromptModule
 from ptuning_lightning.templates import Template, TemplateTokenizer
 
@@ -54,10 +57,13 @@ UNSEEN = "[X] enjoys [Y] ."  # a manual template whose verb the corpus never use
 PTUNING = "[P*3] [X] [P*3] [Y] [P*3]"
 MAX_OFFSET = 8  # pretraining shifts each statement's positions by up to this much
 STOP_LOSS = 0.01  # pretraining stops once the loss over all facts is this low
-# Prompt training: the MLP reparametrisation reached held-out P@1 >= 0.925 for every seed tried
-# (0-7, both kinds); the paper's LSTM one got 0.78 (causal) and 0.88 (masked) for seed 0. At
-# lr 3e-3 the masked model's loss kept bouncing; 1e-3 with clipping converges smoothly.
-PROMPT_STEPS, PROMPT_LR, PROMPT_CLIP = 300, 1e-3, 1.0
+# Prompt training with the MLP reparametrisation, Adam at 1e-3 with clipping and the project's
+# learning-rate warmup (conf/train.yaml `warmup`). Seed 0 measured (torch 2.13, transformers
+# 5.24): masked 1.0 on its training facts, 0.9 held out; causal 1.0 and 0.975. Without the
+# warmup and with 300 steps the masked prompt reached only 0.70 / 0.625 (a slow start: its
+# first Adam steps send it where every subject gets the same answer); with the warmup and 300
+# steps 0.775 / 0.70; 1000 steps give it time to recover.
+PROMPT_STEPS, PROMPT_LR, PROMPT_CLIP = 1000, 1e-3, 1.0
 SPECIALS = {  # each kind's special tokens, as PreTrainedTokenizerFast arguments
     "causal": {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<unk>"},
     "masked": {
@@ -247,6 +253,7 @@ def run(kind: str, seed: int = SEED) -> Outcome:
         candidates,
         encoder=encoder,
         optimizer=functools.partial(torch.optim.Adam, lr=PROMPT_LR),
+        warmup=instantiate(OmegaConf.load(ROOT / "conf" / "train.yaml").warmup),
     )
     untrained = held_out(PTUNING, ptuning)
     weights = {name: w.clone() for name, w in backbone.named_parameters()}
@@ -303,8 +310,8 @@ def test_manual_template_asking_for_the_distractor_misses(outcome: Outcome) -> N
 
 
 def test_ptuning_recovers_held_out_knowledge(outcome: Outcome) -> None:
-    """A prompt trained on half the subjects recovers the other half's facts (>= 0.925
-    measured), far better than both manual templates and the same prompt before training
+    """A prompt trained on half the subjects recovers the other half's facts (0.9 and 0.975
+    measured for seed 0), far better than both manual templates and the same prompt before training
     (those scored <= 0.475)."""
     assert outcome.ptuning_train >= 0.85, outcome
     assert outcome.ptuning >= 0.8, outcome

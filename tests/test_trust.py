@@ -15,6 +15,7 @@ from conftest import LAMA, QUIET
 from lightning.pytorch import LightningModule
 from torch.utils.data import DataLoader
 
+from ptuning_lightning.experiment import run
 from ptuning_lightning.metrics import RelationMean, TopCandidates
 from ptuning_lightning.prior import PriorModule
 from ptuning_lightning.results import fact_results
@@ -143,3 +144,27 @@ def test_results_json_carries_the_instrumentation(tmp_path: Path, monkeypatch):
     prompt = torch.load(out / "P1376" / "prompt.pt", weights_only=True)["embeddings"]
     assert result["prompt_norm"] == pytest.approx(float(prompt.norm(dim=-1).mean()), rel=1e-5)
     assert result["embedding_norm"] > 0
+
+
+def test_warmup_on_a_superglue_task(tmp_path, compose_cfg, monkeypatch):
+    """The few-shot protocol keeps its learning rate constant: a warmup override is refused
+    before anything loads, naming the key."""
+    monkeypatch.setattr(
+        "ptuning_lightning.superglue_run.job_overrides", lambda: ["warmup.total_iters=10"]
+    )
+    cfg = compose_cfg("train", tmp_path, ["task=rte", "backbone=tiny-gpt2"])
+    with pytest.raises(
+        ValueError, match=r"warmup.total_iters is not used by SuperGLUE tasks \(task=rte\)"
+    ):
+        run(cfg)
+
+
+def test_prior_in_one_pass_is_refused(tmp_path, compose_cfg):
+    cfg = compose_cfg(
+        "train", tmp_path, ["backbone=tiny-gpt2", "task.relation=[P1376,P36]", "prompt=prior"]
+    )
+    cfg.multi_relation = True
+    with pytest.raises(
+        ValueError, match=r"multi_relation: prompt=prior \(P1376\) is not supported"
+    ):
+        run(cfg)
