@@ -26,8 +26,8 @@ test: install
 	$(VENV)/bin/pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check src tests bench notebooks
-	$(VENV)/bin/ruff format --check src tests bench notebooks
+	$(VENV)/bin/ruff check src tests bench notebooks docs
+	$(VENV)/bin/ruff format --check src tests bench notebooks docs
 
 clean:
 	rm -rf $(VENV) logs

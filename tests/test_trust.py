@@ -168,3 +168,29 @@ def test_prior_in_one_pass_is_refused(tmp_path, compose_cfg):
         ValueError, match=r"multi_relation: prompt=prior \(P1376\) is not supported"
     ):
         run(cfg)
+
+
+@pytest.mark.parametrize("deterministic", ["false", "true"])
+def test_the_same_command_twice_gives_identical_results(tmp_path, monkeypatch, deterministic):
+    """On the CPU two runs of one command agree bit for bit: losses, dev and test P@1, every
+    fact's prediction and the exported prompt (``trainer.deterministic`` is not needed there;
+    with it, Lightning also makes torch refuse non-deterministic kernels)."""
+    outputs = []
+    for attempt in ("first", "second"):
+        out = tmp_path / attempt
+        overrides = [
+            "backbone=tiny-gpt2",
+            "task.relation=P1376",
+            "trainer.max_epochs=2",
+            f"trainer.deterministic={deterministic}",
+            *QUIET,
+        ]
+        monkeypatch.setattr("sys.argv", ["ptl-train", *overrides, f"hydra.run.dir={out}"])
+        train_main()
+        result = json.loads((out / "results.json").read_text())["relations"]["P1376"]
+        prompt = torch.load(out / "P1376" / "prompt.pt", weights_only=True)["embeddings"]
+        keys = ("train_loss", "dev_p1", "test_p1", "test_predictions", "test_hits")
+        outputs.append(({key: result[key] for key in keys}, prompt))
+    (first, first_prompt), (second, second_prompt) = outputs
+    assert first == second
+    assert torch.equal(first_prompt, second_prompt)
