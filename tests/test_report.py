@@ -288,3 +288,17 @@ def test_bootstrap_intervals_and_paired_differences(tmp_path):
     assert side["P-Tuning (prompt.template=D)"] == "100.0 [100.0, 100.0] (best)"
     text = report.markdown_tables(t, boot)
     assert "| tiny-gpt2 | ptuning (prompt.template=A) | ptuning (prompt.template=B) | +50.0" in text
+
+
+def test_jobs_of_one_relation_each_merge_by_seed(tmp_path):
+    """A sweep over task.relation (one job per relation) x 2 seeds: one row of 2 seeds whose
+    macro averages each seed's relations (P19 0.2 and P37 0.4, then 0.4 and 0.6)."""
+    for seed, scores in ((1, (0.2, 0.4)), (2, (0.4, 0.6))):
+        for relation, p1 in zip(("P19", "P37"), scores, strict=True):
+            run = result("manual", "lstm", seed, {relation: p1})
+            write_job(tmp_path / f"{relation}-{seed}", [relation], run)
+    t = report.tables(report.load_runs([tmp_path])[0])
+    (row,) = t.rows
+    assert len(row.seeds) == 2 and row.macros == pytest.approx([0.3, 0.5])
+    assert row.scores("P19") == pytest.approx([0.2, 0.4])
+    assert report.notes(t) == []

@@ -53,7 +53,7 @@ NOT_A_SETTING = (
     "execution.",
     "encoder._target_",  # the encoder column
     "callbacks.progress_bar",
-    "callbacks.model_checkpoint.dirpath",
+    "trainer.default_root_dir",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "task.eval_batch_size",
@@ -79,6 +79,7 @@ ENCODER_NAMES = {"LSTMPromptEncoder": "lstm", "MLPPromptEncoder": "mlp", "Prompt
 # Method (results.json "method") -> the paper's row name, in the paper's order; other methods
 # follow in alphabetical order under their own names.
 PAPER_METHODS = {
+    "prior": "Prior",
     "manual": "MP",
     "lpaqa_mine": "LPAQA",
     "lpaqa_paraphrase": "LPAQA (paraphrased)",
@@ -200,7 +201,8 @@ class RowKey:
 
 @dataclass
 class Row:
-    """The runs (one per seed) of one table row."""
+    """The runs of one table row: one per seed, or several per seed when each job ran some of
+    the relations (a sweep over ``task.relation``), which are merged by seed."""
 
     key: RowKey
     runs: list[dict] = field(default_factory=list)
@@ -210,17 +212,21 @@ class Row:
         return {rel for run in self.runs for rel in run["relations"]}
 
     @property
+    def seeds(self) -> dict[object, dict[str, dict]]:
+        """{seed: {relation: its result}}, over every run of that seed."""
+        out: dict[object, dict[str, dict]] = {}
+        for run in self.runs:
+            out.setdefault(run.get("seed"), {}).update(run["relations"])
+        return out
+
+    @property
     def macros(self) -> list[float]:
-        """Each run's macro test P@1 over its own relations."""
-        return [mean(float(r["test_p1"]) for r in run["relations"].values()) for run in self.runs]
+        """Each seed's macro test P@1 over its relations."""
+        return [mean(float(r["test_p1"]) for r in rels.values()) for rels in self.seeds.values()]
 
     def scores(self, relation: str) -> list[float]:
-        """Test P@1 of ``relation`` in each run that has it."""
-        return [
-            float(run["relations"][relation]["test_p1"])
-            for run in self.runs
-            if relation in run["relations"]
-        ]
+        """Test P@1 of ``relation`` for each seed that has it."""
+        return [float(r[relation]["test_p1"]) for r in self.seeds.values() if relation in r]
 
     def macro(self) -> tuple[float | None, float | None]:
         """Macro test P@1: mean and std over seeds."""
@@ -232,9 +238,8 @@ class Row:
 
     def hits(self, relation: str) -> np.ndarray | None:
         """(seeds, facts) 0/1 hits of ``relation`` (``test_hits`` in results.json); None when
-        a run lacks them (older results) or the runs scored different numbers of facts."""
-        rows = [run["relations"][relation].get("test_hits") for run in self.runs]
-        rows = [r for r, run in zip(rows, self.runs, strict=True) if relation in run["relations"]]
+        a run lacks them (older results) or the seeds scored different numbers of facts."""
+        rows = [r[relation].get("test_hits") for r in self.seeds.values() if relation in r]
         if not rows or any(r is None for r in rows) or len({len(r) for r in rows}) != 1:
             return None
         return np.array([[c == "1" for c in r] for r in rows], dtype=float)
@@ -279,7 +284,12 @@ def flat_config(run: dict) -> dict[str, str]:
     walk(run.get("config") or {}, "")
     trains = any("epochs" in r for r in (run.get("relations") or {}).values())
     skip = NOT_A_SETTING + (() if trains else TRAINING_ONLY)
-    return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s) for s in skip)}
+    return {
+        k: v
+        for k, v in flat.items()
+        if not k.endswith(".dirpath")  # where checkpoints go: a path per job
+        and not any(k == s or k.startswith(s) for s in skip)
+    }
 
 
 def settings(runs: list[dict]) -> dict[str, tuple[tuple[str, str], ...]]:
@@ -413,7 +423,7 @@ def cell_text(row: Row, boot: Bootstrap, relations: Sequence[str] | None = None)
     bootstrap interval over facts in brackets."""
     relations = sorted(row.relations, key=natural) if relations is None else relations
     m, s = row.macro()
-    if len(row.runs) > 1 or m is None:
+    if len(row.seeds) > 1 or m is None:
         return plus_minus(m, s)
     interval = boot.interval(row, relations)
     if interval is None:
@@ -441,7 +451,7 @@ def macro_table(t: Tables, boot: Bootstrap) -> tuple[list[str], list[list]]:
     for row in t.rows:
         interval = boot.interval(row, sorted(row.relations, key=natural)) or (None, None)
         cells = [*key_cells(t, row.key), *row.macro(), *interval]
-        rows.append([*cells, len(row.runs), len(row.relations)])
+        rows.append([*cells, len(row.seeds), len(row.relations)])
     return header, rows
 
 
@@ -476,13 +486,19 @@ def notes(t: Tables) -> list[str]:
                 f"{name} lacks {lacking}: its macro covers {len(row.relations)} of "
                 f"{len(every)} relations and is not comparable with full rows."
             )
-        for run in row.runs:
-            if set(run["relations"]) != row.relations:
-                lacking = ", ".join(sorted(row.relations - set(run["relations"]), key=natural))
-                out.append(f"{name}: seed {run.get('seed')} ({run['path']}) lacks {lacking}.")
-        for seed, n in sorted(Counter(run.get("seed") for run in row.runs).items(), key=str):
-            if n > 1:
-                out.append(f"{name}: seed {seed} has {n} runs, all counted.")
+        for seed, relations in row.seeds.items():
+            if set(relations) != row.relations:
+                lacking = ", ".join(sorted(row.relations - set(relations), key=natural))
+                out.append(f"{name}: seed {seed} lacks {lacking}.")
+            counted = Counter(
+                r for run in row.runs if run.get("seed") == seed for r in run["relations"]
+            )
+            twice = sorted((r for r, n in counted.items() if n > 1), key=natural)
+            if twice:
+                out.append(
+                    f"{name}: seed {seed} ran {', '.join(twice)} more than once; the last run "
+                    "counts."
+                )
     return out
 
 
@@ -544,7 +560,7 @@ def markdown_tables(t: Tables, boot: Bootstrap | None = None) -> str:
     (percent, one decimal; "—": not run)."""
     boot = boot or Bootstrap()
     table1 = [
-        [*key_cells(t, row.key), cell_text(row, boot), len(row.runs), len(row.relations)]
+        [*key_cells(t, row.key), cell_text(row, boot), len(row.seeds), len(row.relations)]
         for row in t.rows
     ]
     table2 = [
