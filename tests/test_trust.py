@@ -194,3 +194,26 @@ def test_the_same_command_twice_gives_identical_results(tmp_path, monkeypatch, d
     (first, first_prompt), (second, second_prompt) = outputs
     assert first == second
     assert torch.equal(first_prompt, second_prompt)
+
+
+def test_last_checkpoint_follows_every_epoch(tmp_path, monkeypatch):
+    """Three epochs whose best is the first: last.ckpt holds the third (a resumed job goes on
+    from where it stopped), best.ckpt the first."""
+    out = tmp_path / "run"
+    overrides = [
+        "backbone=tiny-gpt2",
+        "task.relation=P1376",
+        "trainer.max_epochs=3",
+        "optimizer.lr=0.01",
+        "warmup=null",
+        "ties_improve=false",
+        *QUIET,
+    ]
+    monkeypatch.setattr("sys.argv", ["ptl-train", *overrides, f"hydra.run.dir={out}"])
+    train_main()
+    folder = out / "P1376" / "checkpoints"
+    epochs = {
+        name: torch.load(folder / f"{name}.ckpt", weights_only=False)["epoch"]
+        for name in ("best", "last")
+    }
+    assert epochs == {"best": 0, "last": 2}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 TIE_OPS = {"max": torch.ge, "min": torch.le}
@@ -24,7 +24,9 @@ def improves(current: float, best: float, ties_improve: bool) -> bool:
 
 class BestCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` (``save_top_k=1``) that also saves on a tie with the kept score
-    when ``ties_improve`` (the paper's rule); ``False``: Lightning's strict improvement."""
+    when ``ties_improve`` (the paper's rule); ``False``: Lightning's strict improvement.
+    ``last.ckpt`` follows every dev evaluation: Lightning 2.6 writes it only when the best
+    checkpoint changed, so an interrupted job would resume from its best epoch, not its last."""
 
     def __init__(self, ties_improve: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -38,6 +40,24 @@ class BestCheckpoint(ModelCheckpoint):
             decision = bool(TIE_OPS[self.mode](current, kept))
             return trainer.strategy.reduce_boolean_decision(decision)  # the same on every rank
         return super().check_monitor_top_k(trainer, current)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_last(trainer, at_epoch_end=False)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last(trainer, at_epoch_end=True)
+
+    def _save_last(self, trainer: Trainer, at_epoch_end: bool) -> None:
+        """Write ``last.ckpt`` where Lightning saves (after validation, or at the epoch's
+        end), unless it already saved at this step."""
+        if (
+            self.save_last
+            and not self._should_skip_saving_checkpoint(trainer)
+            and self._should_save_on_train_epoch_end(trainer) == at_epoch_end
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class PatientStopping(EarlyStopping):
