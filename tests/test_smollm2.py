@@ -70,6 +70,7 @@ def test_ptuning_trains_and_exports_on_smollm2(tmp_path, compose_cfg):
             "trainer.max_epochs=1",
             "trainer.limit_train_batches=3",
             "optimizer.lr=3e-4",  # the demo's: 2 of the 64 test facts right after 3 steps
+            "warmup=null",  # at the full rate from the first step
             *LIMITS,
         ],
     )

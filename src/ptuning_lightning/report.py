@@ -548,6 +548,8 @@ def versus_best(t: Tables, row: Row, boot: Bootstrap) -> str:
     rivals = [
         r for r in t.rows if r.key.backbone == row.key.backbone and r.relations == row.relations
     ]
+    if len(rivals) == 1:  # no other row over the same relations: nothing to compare
+        return "below"
     best = max(rivals, key=lambda r: r.macro()[0])
     if best is row:
         return "best"
