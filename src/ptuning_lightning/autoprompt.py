@@ -125,7 +125,7 @@ class AutoPromptModule(PromptModule):
 
     def propose(self, grad: torch.Tensor, position: int) -> torch.Tensor:
         """The allowed tokens with the largest first-order loss decrease at ``position``."""
-        weights = self.backbone.model.get_input_embeddings().weight
+        weights = self.backbone.embeddings
         scores = -(weights.float() @ grad.float())
         scores[~self.allowed[position]] = float("-inf")
         scores[self.trigger_ids[position]] = float("-inf")

@@ -93,7 +93,7 @@ class Backbone(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
+        return self.embeddings.dtype
 
     @property
     def embeddings(self) -> torch.Tensor:

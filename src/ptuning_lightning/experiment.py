@@ -375,7 +375,7 @@ def build_encoder(
     vectors = None
     if words:
         vectors = backbone.word_vectors([words[i % len(words)] for i in range(n_tokens)])
-    weights = backbone.model.get_input_embeddings().weight
+    weights = backbone.embeddings
     return instantiate(
         options,
         n_tokens=n_tokens,

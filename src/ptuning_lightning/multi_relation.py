@@ -61,6 +61,8 @@ class MultiRelationModule(PromptModule):
         self.dev_count = [0] * n
         self.relation_steps = [0] * n  # optimizer steps each relation took part in (warmup)
         self.present: set[int] = set()  # the relations of the step's training batches
+        # per relation: [stand-in optimizer, its warmup schedule, the factor last applied]
+        self.stand_ins: dict[int, list] = {}
         self.train_loss = RelationMean(n)
         self.loss_curve: list[list[float]] = [[] for _ in range(n)]  # per relation
 
@@ -133,7 +135,7 @@ class MultiRelationModule(PromptModule):
         Lightning then applies after the step (as a separate run's warmup advances)."""
         for r in sorted(self.present):
             self.relation_steps[r] += 1
-            if r in getattr(self, "stand_ins", {}):
+            if r in self.stand_ins:
                 stand_in, schedule, _ = self.stand_ins[r]
                 stand_in.step()
                 schedule.step()

@@ -348,10 +348,19 @@ def fact_draws(relation: str, n: int) -> np.ndarray:
 class Bootstrap:
     """Bootstrap samples of a row's P@1 (one relation, or the macro over several): each sample
     resamples the facts (shared by all rows, so differences are paired) and the row's seeds
-    (so that seed-to-seed spread counts too). Cached per row and relation set."""
+    (so that seed-to-seed spread counts too). Cached per row and relation set, and each
+    row's per-fact hits per relation."""
 
     def __init__(self) -> None:
         self.cache: dict[tuple, np.ndarray | None] = {}
+        self.hit_cache: dict[tuple, np.ndarray | None] = {}
+
+    def hits(self, row: Row, relation: str) -> np.ndarray | None:
+        """``row.hits(relation)``, parsed once."""
+        key = (row.key, relation)
+        if key not in self.hit_cache:
+            self.hit_cache[key] = row.hits(relation)
+        return self.hit_cache[key]
 
     def samples(self, row: Row, relations: Sequence[str]) -> np.ndarray | None:
         """(BOOTSTRAP_SAMPLES,) P@1 (macro over ``relations``); None without per-fact hits."""
@@ -360,12 +369,11 @@ class Bootstrap:
             self.cache[key] = self._samples(row, relations)
         return self.cache[key]
 
-    @staticmethod
-    def _samples(row: Row, relations: Sequence[str]) -> np.ndarray | None:
+    def _samples(self, row: Row, relations: Sequence[str]) -> np.ndarray | None:
         rng = np.random.default_rng(zlib.crc32(row.key.label().encode()))
         per_relation = []
         for relation in relations:
-            hits = row.hits(relation)  # (seeds, facts)
+            hits = self.hits(row, relation)  # (seeds, facts)
             if hits is None:
                 return None
             by_seed = hits[:, fact_draws(relation, hits.shape[1])].mean(-1).T  # (samples, seeds)
@@ -383,11 +391,10 @@ class Bootstrap:
     ) -> tuple[float, float, float] | None:
         """(mean difference a - b, 95% interval) of P@1 over ``relations``, paired over facts;
         None when either row lacks per-fact hits or they scored different facts."""
-        if any(
-            a.hits(r) is None or b.hits(r) is None or a.hits(r).shape[1] != b.hits(r).shape[1]
-            for r in relations
-        ):
-            return None
+        for relation in relations:
+            first, second = self.hits(a, relation), self.hits(b, relation)
+            if first is None or second is None or first.shape[1] != second.shape[1]:
+                return None
         first, second = self.samples(a, relations), self.samples(b, relations)
         point = mean(mean(a.scores(r)) for r in relations) - mean(
             mean(b.scores(r)) for r in relations
@@ -402,26 +409,27 @@ def within_noise(difference: tuple[float, float, float]) -> bool:
 
 
 def paired(t: Tables, boot: Bootstrap) -> list[tuple[Row, Row, str, tuple[float, float, float]]]:
-    """Every two rows of a backbone that cover the same relations: (a, b, relation or "macro",
-    difference) per relation and macro, where the rows' per-fact hits allow it."""
+    """Every two rows of a backbone: (a, b, relation or "macro", difference) for each relation
+    both cover, and the macro when they cover the same relations, where the rows' per-fact
+    hits allow it."""
     out = []
     for i, a in enumerate(t.rows):
         for b in t.rows[i + 1 :]:
-            if a.key.backbone != b.key.backbone or a.relations != b.relations:
+            if a.key.backbone != b.key.backbone:
                 continue
-            relations = sorted(a.relations, key=natural)
-            macro = boot.difference(a, b, relations)
-            if macro is None:
-                continue
-            out.append((a, b, "macro", macro))
-            out += [(a, b, r, boot.difference(a, b, [r])) for r in relations]
+            if a.relations == b.relations:
+                macro = boot.difference(a, b, sorted(a.relations, key=natural))
+                out += [(a, b, "macro", macro)] if macro is not None else []
+            for relation in sorted(a.relations & b.relations, key=natural):
+                difference = boot.difference(a, b, [relation])
+                out += [(a, b, relation, difference)] if difference is not None else []
     return out
 
 
-def cell_text(row: Row, boot: Bootstrap, relations: Sequence[str] | None = None) -> str:
+def cell_text(row: Row, boot: Bootstrap) -> str:
     """Macro test P@1 (%) of a row: mean ± std over seeds, or with one seed its 95%
     bootstrap interval over facts in brackets."""
-    relations = sorted(row.relations, key=natural) if relations is None else relations
+    relations = sorted(row.relations, key=natural)
     m, s = row.macro()
     if len(row.seeds) > 1 or m is None:
         return plus_minus(m, s)
