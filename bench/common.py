@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from ptuning_lightning.backbones import Backbone
-from ptuning_lightning.experiment import CONFIG_DIR
-from ptuning_lightning.module import PromptModule
+from ptuning_lightning.lama.module import PromptModule
+from ptuning_lightning.launch.config import CONFIG_DIR
+from ptuning_lightning.prompting.backbones import Backbone
 
 Batch = dict[str, torch.Tensor]
 Step = Callable[[Batch], None]

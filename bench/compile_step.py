@@ -16,7 +16,8 @@ import time
 
 from common import alternate, compose_train, median, our_step, paired_ratio
 
-from ptuning_lightning.experiment import build_relation, load_backbone
+from ptuning_lightning.lama.run import build_relation
+from ptuning_lightning.launch.builders import load_backbone
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
     steps, data = {}, None
     for name, compiled in (("eager", "false"), ("compiled", "true")):
         cfg = compose_train([*overrides, f"execution.compile={compiled}"])
-        module, data, _ = build_relation(cfg, load_backbone(cfg))
+        module, data = build_relation(cfg, load_backbone(cfg))
         steps[name] = our_step(module)
     batches = list(data.train_dataloader())
 

@@ -49,11 +49,12 @@ from common import (
 from hydra.utils import instantiate
 from peft import PromptEncoderConfig, get_peft_model
 
-from ptuning_lightning.backbones import Backbone
-from ptuning_lightning.data.lama import LamaDataModule
-from ptuning_lightning.encoders import FixedPrompt
-from ptuning_lightning.experiment import build_relation, load_backbone
-from ptuning_lightning.module import PromptModule
+from ptuning_lightning.lama.data import LamaDataModule
+from ptuning_lightning.lama.module import PromptModule
+from ptuning_lightning.lama.run import build_relation
+from ptuning_lightning.launch.builders import load_backbone
+from ptuning_lightning.prompting.backbones import Backbone
+from ptuning_lightning.prompting.encoders import FixedPrompt
 
 TRAIN_CONTENDERS = ("ours", "ours-mlp", "peft-lstm", "peft-mlp", "floor")
 WARMUP = 3  # rounds not timed: PEFT's first two steps take seconds (allocator, oneDNN)
@@ -102,12 +103,12 @@ class Setup:
         overrides += [f"backbone.load.dtype={args.dtype}", *args.override]
         self.cfg = compose_train(overrides)
         self.backbone = load_backbone(self.cfg)  # with the `execution` options
-        self.ours, self.data, _ = build_relation(self.cfg, self.backbone)
+        self.ours, self.data = build_relation(self.cfg, self.backbone)
         self.n = args.peft_virtual_tokens or self.data.template.n_prompt  # PEFT's
         self.peft_cfg = compose_train([*overrides, f"prompt.template='[P*{self.n}] [X] [Y]'"])
-        _, self.peft_data, _ = build_relation(self.peft_cfg, self.backbone)
+        _, self.peft_data = build_relation(self.peft_cfg, self.backbone)
         mlp = compose_train([*overrides, "encoder=mlp"])
-        self.ours_mlp, _, _ = build_relation(mlp, self.backbone)
+        self.ours_mlp, _ = build_relation(mlp, self.backbone)
         self.peft = {kind: peft_model(self.backbone, self.n, kind) for kind in ("lstm", "mlp")}
 
     def optimizer(self, model) -> torch.optim.Optimizer:

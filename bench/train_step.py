@@ -27,7 +27,8 @@ from common import (
     peak_rss_mib,
 )
 
-from ptuning_lightning.experiment import build_relation, load_backbone
+from ptuning_lightning.lama.run import build_relation
+from ptuning_lightning.launch.builders import load_backbone
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
         [f"backbone={args.backbone}", f"encoder={args.encoder}", f"task.relation={args.relation}"]
     )
     backbone = load_backbone(cfg)
-    module, data, _ = build_relation(cfg, backbone)
+    module, data = build_relation(cfg, backbone)
     batch = next(iter(data.train_dataloader()))
     contenders = {"ours": our_step(module), "floor": floor_step(backbone)}
     rounds = itertools.repeat(dict.fromkeys(contenders, batch), args.steps + 1)

@@ -10,8 +10,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from ptuning_lightning.backbones import Backbone, build_tiny
-from ptuning_lightning.experiment import CONFIG_DIR, ROOT
+from ptuning_lightning.launch.config import CONFIG_DIR, ROOT
+from ptuning_lightning.prompting.backbones import Backbone, build_tiny
 
 LAMA = ROOT / "data" / "lama"
 

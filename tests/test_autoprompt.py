@@ -11,11 +11,11 @@ import torch
 from conftest import write_jsonl
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from ptuning_lightning.autoprompt import AutoPromptModule, allowed_tokens, trigger_spacing
-from ptuning_lightning.backbones import Backbone
-from ptuning_lightning.data.lama import LamaDataModule
-from ptuning_lightning.experiment import run
-from ptuning_lightning.templates import Template, TemplateTokenizer
+from ptuning_lightning.job import run
+from ptuning_lightning.lama.autoprompt import AutoPromptModule, allowed_tokens, trigger_spacing
+from ptuning_lightning.lama.data import LamaDataModule
+from ptuning_lightning.prompting.backbones import Backbone
+from ptuning_lightning.prompting.templates import Template, TemplateTokenizer
 
 SEARCH = "[X] [P] [Y]"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import BertModel
 
-from ptuning_lightning.backbones import build_tiny, load_gguf_package, load_pretrained
+from ptuning_lightning.prompting.backbones import build_tiny, load_gguf_package, load_pretrained
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "lama" / "trex"
 

@@ -17,14 +17,17 @@ from hydra.errors import InstantiationException
 from test_lama_data import FACTS, data_module, make_lama
 
 from ptuning_lightning.data.jsonl import DataError
-from ptuning_lightning.data.lama import LamaDataModule, resolve_relations, vocabulary
-from ptuning_lightning.data.superglue.cb import CBDataModule
-from ptuning_lightning.data.superglue.copa import COPADataModule
-from ptuning_lightning.data.superglue.rte import RTEDataModule
-from ptuning_lightning.encoders import LSTMPromptEncoder
-from ptuning_lightning.experiment import CONFIG_DIR, ROOT, build_encoder, build_relation
-from ptuning_lightning.superglue_run import build_task, run_task
-from ptuning_lightning.templates import TemplateError
+from ptuning_lightning.lama.data import LamaDataModule, resolve_relations, vocabulary
+from ptuning_lightning.lama.run import build_relation
+from ptuning_lightning.launch.builders import build_encoder
+from ptuning_lightning.launch.config import CONFIG_DIR, ROOT
+from ptuning_lightning.prompting.encoders import LSTMPromptEncoder
+from ptuning_lightning.prompting.templates import TemplateError
+from ptuning_lightning.superglue.run import build_task
+from ptuning_lightning.superglue.run import run_job as run_task
+from ptuning_lightning.superglue.tasks.cb import CBDataModule
+from ptuning_lightning.superglue.tasks.copa import COPADataModule
+from ptuning_lightning.superglue.tasks.rte import RTEDataModule
 
 FEWGLUE = ROOT / "data" / "fewglue"
 LAMA = ROOT / "data" / "lama"
@@ -341,7 +344,7 @@ def test_lama_optimisation_setting_on_a_superglue_task(tmp_path, monkeypatch, ov
     def no_backbone(cfg):
         raise AssertionError("the backbone was loaded: the setting was not refused")
 
-    monkeypatch.setattr("ptuning_lightning.experiment.load_backbone", no_backbone)
+    monkeypatch.setattr("ptuning_lightning.superglue.run.load_backbone", no_backbone)
     overrides = ["task=rte", "prompt=ptuning_finetune", "logger=none", override]
     overrides.append(f"paths.output_dir={tmp_path}")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

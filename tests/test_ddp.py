@@ -19,8 +19,8 @@ import yaml
 from torch.utils.data import DataLoader
 
 from ptuning_lightning.data.batching import EpochShuffleSampler, EvalShardSampler, PaddedSplit
-from ptuning_lightning.experiment import ROOT
-from ptuning_lightning.metrics import ExampleCount, PrecisionAtOne
+from ptuning_lightning.lama.metrics import ExampleCount, PrecisionAtOne
+from ptuning_lightning.launch.config import ROOT
 
 RELATION = "P1376"
 # Six candidates: dev keeps 5 facts and test 11 (odd sizes: 2 ranks need a padding copy), and

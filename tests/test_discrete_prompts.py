@@ -9,10 +9,11 @@ import torch
 from conftest import write_jsonl
 
 from ptuning_lightning.data.jsonl import DataError
-from ptuning_lightning.data.lama import lama_relations
-from ptuning_lightning.discrete_prompts import SOURCES, published_template, published_templates
-from ptuning_lightning.experiment import ROOT, run
-from ptuning_lightning.templates import Part, Template
+from ptuning_lightning.job import run
+from ptuning_lightning.lama.data import lama_relations
+from ptuning_lightning.lama.discrete import SOURCES, published_template, published_templates
+from ptuning_lightning.launch.config import ROOT
+from ptuning_lightning.prompting.templates import Part, Template
 
 LAMA = ROOT / "data" / "lama"
 # Relations of the 41 in data/lama/trex that each source covers (as bundled).

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ptuning_lightning.backbones import Backbone
-from ptuning_lightning.encoders import (
+from ptuning_lightning.prompting.backbones import Backbone
+from ptuning_lightning.prompting.encoders import (
     FixedPrompt,
     LSTMPromptEncoder,
     MLPPromptEncoder,

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from ptuning_lightning.data.jsonl import DataError
-from ptuning_lightning.data.lama import LamaDataModule
-from ptuning_lightning.discrete_prompts import published_templates
-from ptuning_lightning.experiment import ROOT, run
-from ptuning_lightning.module import PromptModule
+from ptuning_lightning.job import run
+from ptuning_lightning.lama.data import LamaDataModule
+from ptuning_lightning.lama.discrete import published_templates
+from ptuning_lightning.lama.module import PromptModule
+from ptuning_lightning.launch.config import ROOT
 
 LAMA = ROOT / "data" / "lama"
 TEMPLATES = ["[X] is the capital of [Y] .", "[X] , capital of [Y] .", "The capital [X] of [Y] ."]

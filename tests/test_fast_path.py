@@ -11,14 +11,14 @@ import torch.nn.functional as F
 from test_module import lama_data
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ptuning_lightning.backbones import Backbone
 from ptuning_lightning.data.batching import EpochShuffleSampler, EvalShardSampler
-from ptuning_lightning.data.lama import LamaDataModule
-from ptuning_lightning.encoders import LSTMPromptEncoder
-from ptuning_lightning.execution import configure_execution
-from ptuning_lightning.experiment import ROOT
-from ptuning_lightning.module import PromptModule
-from ptuning_lightning.templates import place_prompt
+from ptuning_lightning.lama.data import LamaDataModule
+from ptuning_lightning.lama.module import PromptModule
+from ptuning_lightning.launch.config import ROOT
+from ptuning_lightning.prompting.backbones import Backbone
+from ptuning_lightning.prompting.encoders import LSTMPromptEncoder
+from ptuning_lightning.prompting.execution import configure_execution
+from ptuning_lightning.prompting.templates import place_prompt
 
 
 @functools.cache

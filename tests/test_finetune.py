@@ -8,7 +8,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from ptuning_lightning.experiment import build_relation, run
+from ptuning_lightning.job import run
+from ptuning_lightning.lama.run import build_relation
 
 ONE_EPOCH = ["backbone=tiny-gpt2", "task.relation=P1376", "trainer.max_epochs=1"]
 
@@ -17,10 +18,10 @@ def test_ptuning_finetune_has_two_parameter_groups(tmp_path, compose_cfg, gpt2):
     """The prompt trains at the optimizer's lr, the backbone copy at prompt.backbone_lr."""
     overrides = ["prompt=ptuning_finetune", "optimizer.lr=0.003", "prompt.backbone_lr=0.0002"]
     cfg = compose_cfg("train", tmp_path, [*ONE_EPOCH, *overrides])
-    module, _, trainable = build_relation(cfg, gpt2)
+    module, _ = build_relation(cfg, gpt2)
     (optimizer,), _ = module.configure_optimizers()
     prompt, backbone = optimizer.param_groups
-    assert trainable and module.backbone is not gpt2
+    assert module.trains and module.backbone is not gpt2
     # the configured rates; the warmup starts both at 1% of them
     assert prompt["initial_lr"] == 0.003 and backbone["initial_lr"] == 0.0002
     assert prompt["lr"] == pytest.approx(0.003 * 0.01) and backbone["lr"] == pytest.approx(2e-6)
@@ -49,6 +50,6 @@ def test_finetuning_changes_the_backbone_and_checkpoints_hold_it(tmp_path, compo
 
 def test_a_trained_backbone_needs_its_learning_rate(tmp_path, compose_cfg, gpt2):
     cfg = compose_cfg("train", tmp_path, [*ONE_EPOCH, "prompt=finetune", "prompt.backbone_lr=null"])
-    module, _, _ = build_relation(cfg, gpt2)
+    module, _ = build_relation(cfg, gpt2)
     with pytest.raises(ValueError, match="prompt.backbone_lr must be set"):
         module.configure_optimizers()

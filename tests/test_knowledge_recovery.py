@@ -40,12 +40,12 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerFast
 
-from ptuning_lightning.backbones import Backbone, build_tiny
 from ptuning_lightning.data.batching import collate
-from ptuning_lightning.encoders import MLPPromptEncoder
-from ptuning_lightning.experiment import ROOT
-from ptuning_lightning.module import PromptModule
-from ptuning_lightning.templates import Template, TemplateTokenizer
+from ptuning_lightning.lama.module import PromptModule
+from ptuning_lightning.launch.config import ROOT
+from ptuning_lightning.prompting.backbones import Backbone, build_tiny
+from ptuning_lightning.prompting.encoders import MLPPromptEncoder
+from ptuning_lightning.prompting.templates import Template, TemplateTokenizer
 
 SEED = 0
 N_SUBJECTS = 80  # half train the prompt, half are held out

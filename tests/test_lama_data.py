@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ptuning_lightning.data.batching import EpochShuffleSampler, collate
-from ptuning_lightning.data.lama import LamaDataModule
+from ptuning_lightning.lama.data import LamaDataModule
 
 # In the tiny tokenizers " Paris", " France", " Serbia" are one token, " Shire" and " Gondor"
 # several; "Tokyo", "Rome" and "Zzyzx" are not in the word list. Glued to a bracket ("(Paris"),

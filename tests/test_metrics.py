@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ptuning_lightning.metrics import PrecisionAtOne
+from ptuning_lightning.lama.metrics import PrecisionAtOne
 
 # Four examples over three candidates; the argmax is candidate 2, 0, 1, 1.
 SCORES = torch.tensor([[0.1, 0.2, 0.7], [0.9, 0.0, 0.1], [0.2, 0.5, 0.3], [-1.0, 3.0, 2.0]])

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptuning_lightning.experiment import build_relation
-from ptuning_lightning.templates import TemplateError, fill_relation, relation_words
+from ptuning_lightning.lama.run import build_relation
+from ptuning_lightning.prompting.templates import TemplateError, fill_relation, relation_words
 
 MIXED = ["backbone=tiny-gpt2", "prompt=mixed", "task.relation=P1376"]
 
@@ -33,9 +33,9 @@ def test_mixed_prompt_starts_from_the_manual_words(tmp_path, compose_cfg, gpt2):
     """P1376's manual template is "[X] is the capital of [Y] .": its four relation words,
     cycled, start the six pseudo tokens, each as the mean embedding of its tokens."""
     cfg = compose_cfg("train", tmp_path, [*MIXED, "encoder=none", "encoder.init_words=manual"])
-    module, data, trainable = build_relation(cfg, gpt2)
+    module, data = build_relation(cfg, gpt2)
     assert data.template_source == "[P*3] [X] is the capital of [P*3] [Y]"
-    assert trainable and data.template.n_prompt == 6
+    assert module.trains and data.template.n_prompt == 6
     # each word's tokens in the tiny GPT-2 tokenizer, spelled by hand ("Ġ" is the space)
     pieces = {"is": ["Ġ", "is"], "the": ["Ġthe"], "capital": ["Ġc", "ap", "ital"], "of": ["Ġof"]}
     table = gpt2.model.get_input_embeddings().weight.detach()
@@ -48,6 +48,6 @@ def test_lstm_mixed_prompt_starts_at_the_manual_words(tmp_path, compose_cfg, gpt
     """With the paper's LSTM encoder too, the pseudo tokens the backbone sees start at the
     relation words (not just the LSTM's input)."""
     cfg = compose_cfg("train", tmp_path, [*MIXED, "encoder=lstm", "encoder.init_words=manual"])
-    module, _, _ = build_relation(cfg, gpt2)
+    module, _ = build_relation(cfg, gpt2)
     expected = gpt2.word_vectors(["is", "the", "capital", "of", "is", "the"])
     torch.testing.assert_close(module.eval().prompt().detach(), expected)

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from ptuning_lightning.data.lama import LamaDataModule
-from ptuning_lightning.encoders import LSTMPromptEncoder
-from ptuning_lightning.experiment import ROOT
-from ptuning_lightning.module import PromptModule
+from ptuning_lightning.lama.data import LamaDataModule
+from ptuning_lightning.lama.module import PromptModule
+from ptuning_lightning.launch.config import ROOT
+from ptuning_lightning.prompting.encoders import LSTMPromptEncoder
 
 PAPER = "[P*3] [X] [P*3] [Y] [P*3]"
 

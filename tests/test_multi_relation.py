@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from ptuning_lightning.experiment import run
-from ptuning_lightning.multi_relation import MultiRelationModule
+from ptuning_lightning.job import run
+from ptuning_lightning.lama.one_pass import OnePassModule
 
 RELATIONS = "task.relation=[P1376,P36,P37]"
 
@@ -74,10 +74,8 @@ def test_interrupted_one_pass_resumes_exactly(tmp_path, compose_cfg, monkeypatch
     with every relation's best prompt, patience and activity): it trains only the second
     epoch and ends where two epochs in one go end."""
     steps = []
-    step = MultiRelationModule.training_step
-    monkeypatch.setattr(
-        MultiRelationModule, "training_step", lambda *a: steps.append(1) or step(*a)
-    )
+    step = OnePassModule.training_step
+    monkeypatch.setattr(OnePassModule, "training_step", lambda *a: steps.append(1) or step(*a))
     overrides = ["backbone=tiny-gpt2", RELATIONS, "encoder=mlp", "optimizer.lr=0.003"]
     overrides.append("multi_relation=true")
     straight = results(tmp_path, compose_cfg, "straight", [*overrides, "trainer.max_epochs=2"])

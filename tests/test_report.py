@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ptuning_lightning import report
-from ptuning_lightning.experiment import ROOT
+from ptuning_lightning import reporting
+from ptuning_lightning.cli import report as ptl_report
+from ptuning_lightning.lama import report
+from ptuning_lightning.launch.config import ROOT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ENCODERS = {"lstm": "LSTMPromptEncoder", "mlp": "MLPPromptEncoder"}
@@ -25,7 +27,7 @@ def write_job(job: Path, overrides: list[str], results: dict | None) -> None:
 
 
 def result(method: str, encoder: str, seed: int, test_p1: dict[str, float]) -> dict:
-    """A results.json as experiment.run writes it (the fields the report reads)."""
+    """A results.json as a LAMA job writes it (the fields the report reads)."""
     template = "[P*3] [X] [P*3] [Y] [P*3]" if method == "ptuning" else None
     return {
         "method": method,
@@ -72,7 +74,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_load_runs_separates_failed_and_missing(sweep: Path):
-    runs, problems = report.load_runs([sweep])
+    runs, problems = reporting.load_runs([sweep])
     assert len(runs) == 5
     assert [(Path(p.path).name, p.status) for p in problems] == [("5", "failed"), ("6", "missing")]
     assert problems[0].what == "tiny-gpt2 / ptuning (mlp) / seed 2"
@@ -81,7 +83,7 @@ def test_load_runs_separates_failed_and_missing(sweep: Path):
 
 def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
     out = tmp_path / "out"
-    report.main([str(sweep), "--out", str(out)])
+    ptl_report([str(sweep), "--out", str(out)])
 
     macro = read_csv(out / report.MACRO_CSV)
     assert macro == [
@@ -128,7 +130,7 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
         ("10.00", "20.00", ""),
     ]
 
-    text = (out / report.REPORT_MD).read_text()
+    text = (out / reporting.REPORT_MD).read_text()
     assert "| tiny-gpt2 | ptuning | lstm | 65.0 ± 7.1 | 2 | 3 |" in text
     assert "| tiny-gpt2 | ptuning | mlp | 15.0 | 1 | 2 |" in text
     assert "tiny-gpt2 / ptuning (mlp) lacks P103" in text
@@ -148,7 +150,7 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     assert sorted(first) == sorted(
         [
-            report.REPORT_MD,
+            reporting.REPORT_MD,
             report.MACRO_CSV,
             report.RELATIONS_CSV,
             report.PAIRED_CSV,
@@ -156,7 +158,7 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
             report.ENCODERS_PNG,
         ]
     )
-    report.main([str(sweep), "--out", str(out)])
+    ptl_report([str(sweep), "--out", str(out)])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
 
 
@@ -165,12 +167,12 @@ def test_default_out_and_single_encoder(sweep: Path):
     for job in ("4", "5", "6"):
         for path in sorted((sweep / job).rglob("*"), reverse=True):
             path.rmdir() if path.is_dir() else path.unlink()
-    report.main([str(sweep)])
+    ptl_report([str(sweep)])
     out = sweep / "report"
     assert read_csv(out / report.MACRO_CSV)[1]["method"] == "ptuning"
     assert "encoder" not in read_csv(out / report.MACRO_CSV)[0]
     assert not (out / report.ENCODERS_PNG).exists()
-    assert "## Missing or failed runs\n\nNone." in (out / report.REPORT_MD).read_text()
+    assert "## Missing or failed runs\n\nNone." in (out / reporting.REPORT_MD).read_text()
 
 
 def test_notebook_runs_on_a_sweep(sweep: Path, monkeypatch):
@@ -214,7 +216,7 @@ def test_methods_side_by_side_in_the_papers_order(tmp_path):
     }
     for i, (method, p1) in enumerate(scores.items()):
         write_job(tmp_path / str(i), [f"prompt={method}"], result(method, "lstm", 1, {"P19": p1}))
-    runs, _ = report.load_runs([tmp_path])
+    runs, _ = reporting.load_runs([tmp_path])
     header, rows = report.side_by_side(report.tables(runs))
     assert header == [
         "backbone",
@@ -253,7 +255,7 @@ def test_rows_are_settings_and_only_seeds_are_averaged(tmp_path):
         run = result("manual", "lstm", seed, {"P19": 0.25})
         run["config"]["optimizer"] = {"lr": lr}
         write_job(tmp_path / f"m{seed}", [f"m{seed}"], run)
-    t = report.tables(report.load_runs([tmp_path])[0])
+    t = report.tables(reporting.load_runs([tmp_path])[0])
     rows = {row.key.label(): len(row.runs) for row in t.rows}
     assert rows == {
         "manual": 2,
@@ -272,7 +274,7 @@ def test_bootstrap_intervals_and_paired_differences(tmp_path):
     facts = {"A": "1" * 50 + "0" * 50, "B": "0" * 100, "C": "1" * 50 + "0" * 50, "D": "1" * 100}
     for name, h in facts.items():
         job_with(tmp_path, name, "ptuning", 1, {"P19": h}, prompt={"template": name})
-    t = report.tables(report.load_runs([tmp_path])[0])
+    t = report.tables(reporting.load_runs([tmp_path])[0])
     boot = report.Bootstrap()
     row = {r.key.setting[0][1]: r for r in t.rows}
     low, high = boot.interval(row["A"], ["P19"])
@@ -297,7 +299,7 @@ def test_jobs_of_one_relation_each_merge_by_seed(tmp_path):
         for relation, p1 in zip(("P19", "P37"), scores, strict=True):
             run = result("manual", "lstm", seed, {relation: p1})
             write_job(tmp_path / f"{relation}-{seed}", [relation], run)
-    t = report.tables(report.load_runs([tmp_path])[0])
+    t = report.tables(reporting.load_runs([tmp_path])[0])
     (row,) = t.rows
     assert len(row.seeds) == 2 and row.macros == pytest.approx([0.3, 0.5])
     assert row.scores("P19") == pytest.approx([0.2, 0.4])

@@ -11,7 +11,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from ptuning_lightning.experiment import build_relation, run
+from ptuning_lightning.job import run
+from ptuning_lightning.lama.run import build_relation
 
 pytestmark = pytest.mark.slow
 # One dev and one test batch of task.eval_batch_size (64) facts, in file order.
@@ -27,7 +28,7 @@ def plain_test_p1(cfg, prompt: torch.Tensor | None = None) -> float:
     time: input embeddings with the prompt's rows at the pseudo-token positions, the argmax of
     the candidates' logits at the answer position."""
     backbone = instantiate(cfg.backbone.load)
-    _, data, _ = build_relation(cfg, backbone)
+    _, data = build_relation(cfg, backbone)
     examples, table = data.datasets["test"][:64], backbone.model.get_input_embeddings()
     correct = 0
     with torch.no_grad():

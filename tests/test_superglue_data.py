@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from ptuning_lightning.data.superglue.boolq import BoolQDataModule
-from ptuning_lightning.data.superglue.cb import CBDataModule
-from ptuning_lightning.data.superglue.copa import COPADataModule
-from ptuning_lightning.data.superglue.multirc import MultiRCDataModule
-from ptuning_lightning.data.superglue.record import ReCoRDDataModule
-from ptuning_lightning.data.superglue.rte import RTEDataModule
-from ptuning_lightning.data.superglue.wic import WiCDataModule
-from ptuning_lightning.data.superglue.wsc import WSCDataModule
-from ptuning_lightning.experiment import ROOT
+from ptuning_lightning.launch.config import ROOT
+from ptuning_lightning.superglue.tasks.boolq import BoolQDataModule
+from ptuning_lightning.superglue.tasks.cb import CBDataModule
+from ptuning_lightning.superglue.tasks.copa import COPADataModule
+from ptuning_lightning.superglue.tasks.multirc import MultiRCDataModule
+from ptuning_lightning.superglue.tasks.record import ReCoRDDataModule
+from ptuning_lightning.superglue.tasks.rte import RTEDataModule
+from ptuning_lightning.superglue.tasks.wic import WiCDataModule
+from ptuning_lightning.superglue.tasks.wsc import WSCDataModule
 
 FEWGLUE = ROOT / "data" / "fewglue"
 TASKS = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptuning_lightning.glue_metrics import SuperGlueMetric, exact_match, token_f1
+from ptuning_lightning.superglue.metrics import SuperGlueMetric, exact_match, token_f1
 
 
 def one_hot(predictions: list[int], n: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ptuning_lightning.report import main
+from ptuning_lightning.cli import report as main
 
 
 def write_run(folder, task: str, method: str, seed: int, test: dict) -> None:

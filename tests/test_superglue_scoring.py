@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from ptuning_lightning.candidate_module import CandidateModule
-from ptuning_lightning.data.superglue.collate import collate_candidates
-from ptuning_lightning.data.superglue.rte import RTEDataModule
-from ptuning_lightning.experiment import ROOT, run
+from ptuning_lightning.job import run
+from ptuning_lightning.launch.config import ROOT
+from ptuning_lightning.superglue.collate import collate_candidates
+from ptuning_lightning.superglue.module import CandidateModule
+from ptuning_lightning.superglue.tasks.rte import RTEDataModule
 
 FEWGLUE = ROOT / "data" / "fewglue"
 WORDS = {"entailment": "certainly the case", "not_entailment": "No"}

@@ -21,8 +21,9 @@ from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
 from ptuning_lightning.data.jsonl import DataError
-from ptuning_lightning.experiment import CONFIG_DIR, ROOT, run
-from ptuning_lightning.sweeps import job_subdir
+from ptuning_lightning.job import run
+from ptuning_lightning.launch.config import CONFIG_DIR, ROOT
+from ptuning_lightning.launch.sweeps import job_subdir
 
 PTL_TRAIN = str(Path(sys.executable).parent / "ptl-train")
 LAMA = ROOT / "data" / "lama"

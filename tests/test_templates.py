@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptuning_lightning.templates import (
+from ptuning_lightning.prompting.templates import (
     Part,
     Template,
     TemplateError,

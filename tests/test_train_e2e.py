@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ptuning_lightning.encoders import LSTMPromptEncoder
-from ptuning_lightning.experiment import ROOT, build_relation, build_trainer, run
+from ptuning_lightning.job import run
+from ptuning_lightning.lama.run import build_relation, for_relation
+from ptuning_lightning.launch.builders import build_trainer
+from ptuning_lightning.launch.config import ROOT
+from ptuning_lightning.prompting.encoders import LSTMPromptEncoder
 
 LAMA = ROOT / "data" / "lama"
 RELATION = "P1376"
@@ -215,7 +218,8 @@ def fit(compose_cfg, out: Path, epochs: int, backbone, resume: Path | None = Non
             "task.batch_size=16",
         ],
     )
-    module, data, _ = build_relation(cfg, backbone)
+    cfg = for_relation(cfg, RELATION)  # its checkpoints: <out>/<relation>/checkpoints
+    module, data = build_relation(cfg, backbone)
     build_trainer(cfg).fit(module, data, ckpt_path=resume)
     return {k: v.clone() for k, v in module.encoder.state_dict().items()}
 

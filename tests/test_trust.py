@@ -15,12 +15,12 @@ from conftest import LAMA, QUIET
 from lightning.pytorch import LightningModule
 from torch.utils.data import DataLoader
 
-from ptuning_lightning.experiment import run
-from ptuning_lightning.metrics import RelationMean, TopCandidates
-from ptuning_lightning.prior import PriorModule
-from ptuning_lightning.results import fact_results
-from ptuning_lightning.selection import BestCheckpoint, PatientStopping
-from ptuning_lightning.train import main as train_main
+from ptuning_lightning.cli import train as train_main
+from ptuning_lightning.job import run
+from ptuning_lightning.lama.metrics import RelationMean, TopCandidates
+from ptuning_lightning.lama.module import PriorModule
+from ptuning_lightning.lama.run import fact_results
+from ptuning_lightning.prompting.selection import BestCheckpoint, PatientStopping
 
 
 def batch(targets: list[int]) -> dict[str, torch.Tensor]:
@@ -150,7 +150,7 @@ def test_warmup_on_a_superglue_task(tmp_path, compose_cfg, monkeypatch):
     """The few-shot protocol keeps its learning rate constant: a warmup override is refused
     before anything loads, naming the key."""
     monkeypatch.setattr(
-        "ptuning_lightning.superglue_run.job_overrides", lambda: ["warmup.total_iters=10"]
+        "ptuning_lightning.superglue.run.job_overrides", lambda: ["warmup.total_iters=10"]
     )
     cfg = compose_cfg("train", tmp_path, ["task=rte", "backbone=tiny-gpt2"])
     with pytest.raises(

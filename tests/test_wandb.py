@@ -14,8 +14,9 @@ import pytest
 import torch
 from wandb.proto import wandb_internal_pb2
 
-from ptuning_lightning.callbacks import nearest_tokens
-from ptuning_lightning.experiment import ROOT, run
+from ptuning_lightning.job import run
+from ptuning_lightning.lama.callbacks import nearest_tokens
+from ptuning_lightning.launch.config import ROOT
 
 RELATIONS = ["P1376", "P36"]
 LIMITS = [

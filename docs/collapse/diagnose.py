@@ -18,7 +18,9 @@ from collections import Counter
 import torch
 from hydra import compose, initialize_config_dir
 
-from ptuning_lightning.experiment import CONFIG_DIR, build_relation, load_backbone
+from ptuning_lightning.lama.run import build_relation
+from ptuning_lightning.launch.builders import load_backbone
+from ptuning_lightning.launch.config import CONFIG_DIR
 
 EVERY = 50
 
@@ -46,7 +48,7 @@ def evaluate(module, data, backbone) -> tuple[float, float, str]:
 def diagnose(relation: str, steps: int, extra: list[str], backbone) -> str:
     options = dict(e.split("=", 1) for e in extra if e.split("=")[0] in ("WARM", "CLIP"))
     overrides = [e for e in extra if e.split("=")[0] not in options]
-    module, data, _ = build_relation(config(relation, overrides), backbone)
+    module, data = build_relation(config(relation, overrides), backbone)
     optimizer = module.configure_optimizers()
     warmup = None
     if "WARM" in options:

@@ -1,1 +1,1 @@
-"""One LightningDataModule per task, plus the shared reading and batching pieces."""
+"""Task-agnostic data plumbing: JSONL files with errors that name the line, and batching."""

@@ -1,1 +1,0 @@
-"""SuperGLUE / FewGLUE: one small DataModule per task on a shared base (``base.py``)."""

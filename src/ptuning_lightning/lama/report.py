@@ -1,0 +1,633 @@
+"""ptl-report's LAMA tables: gather the ``results.json`` of run and sweep folders into the paper's tables.
+
+A row is one *setting*: backbone x method (x encoder when P-Tuning runs use several) x every
+other config value in which the runs differ (template, lr, epochs, ...), so that only seeds
+are averaged. Table 1: macro test P@1 per row, mean ± std over seeds, or a 95% bootstrap
+interval over facts for a single seed. Table 2: test P@1 per relation, mean over seeds.
+Paired bootstrap (over facts and seeds) between every two rows of a backbone, per relation
+and macro; differences whose 95% interval holds 0 are marked as within noise. Missing and
+failed jobs are listed, never averaged away, and rows that cover different relations are
+flagged. The same functions serve ``notebooks/analysis.ipynb``.
+
+Outputs (in ``--out``, default ``<first DIR>/report``) are byte-identical from run to run:
+sorted rows, fixed float formats, no timestamps.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ptuning_lightning.reporting import (
+    REPORT_MD,
+    Problem,
+    encoder_name,
+    markdown_problems,
+    markdown_table,
+    mean_std,
+    natural,
+    percent,
+    to_csv,
+    uses_encoder,
+)
+
+MACRO_CSV = "table1_macro.csv"
+RELATIONS_CSV = "table2_relations.csv"
+PAIRED_CSV = "paired_bootstrap.csv"
+BOOTSTRAP_SAMPLES = 2000  # resamples for intervals (seeded: reports stay byte-identical)
+# Config keys that never make two runs different settings: the seed, where files go, how the
+# job is run and logged, and which relations it covered (rows over different relation sets
+# are flagged in the notes instead).
+NOT_A_SETTING = (
+    "seed",
+    "task.seed",
+    "task.relation",
+    "task_name",
+    "group",
+    "tags",
+    "resume",
+    "run_name",
+    "run_dir",
+    "paths.",
+    "hydra.",
+    "logger",
+    "execution.",
+    "encoder._target_",  # the encoder column
+    "callbacks.progress_bar",
+    "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "task.eval_batch_size",
+    "task.num_workers",
+    "task.sort_eval_by_length",
+)
+# What does not matter for a method that trains nothing (manual, discrete, prior, exported).
+TRAINING_ONLY = (
+    "encoder.",
+    "optimizer.",
+    "scheduler.",
+    "trainer.",
+    "callbacks.",
+    "ties_improve",
+    "task.batch_size",
+    "task.group_by_length",
+    "multi_relation",
+)
+RELATIONS_PNG = "per_relation.png"
+ENCODERS_PNG = "encoders.png"
+# Method (results.json "method") -> the paper's row name, in the paper's order; other methods
+# follow in alphabetical order under their own names.
+PAPER_METHODS = {
+    "prior": "Prior",
+    "manual": "MP",
+    "lpaqa_mine": "LPAQA",
+    "lpaqa_paraphrase": "LPAQA (paraphrased)",
+    "autoprompt_bert": "AutoPrompt (BERT's)",
+    "autoprompt_roberta": "AutoPrompt (RoBERTa's)",
+    "autoprompt": "AutoPrompt (searched)",
+    "finetune": "FT",
+    "manual_finetune": "MP+FT",
+    "mixed": "P-Tuning (mixed)",
+    "ptuning": "P-Tuning",
+    "ptuning_finetune": "P-Tuning+FT",
+}
+# PNG metadata: matplotlib's version string would differ between installs; PNGs carry no date.
+PNG_METADATA = {"Software": None}
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+# --- tables ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class RowKey:
+    backbone: str
+    method: str
+    encoder: str = ""  # "" unless the table is split by encoder and the method uses one
+    setting: tuple[tuple[str, str], ...] = ()  # config values in which this row's runs differ
+
+    def details(self) -> str:
+        return "; ".join(
+            [self.encoder] * bool(self.encoder) + [f"{k}={v}" for k, v in self.setting]
+        )
+
+    def label(self) -> str:
+        return f"{self.method} ({self.details()})" if self.details() else self.method
+
+    def paper_label(self) -> str:
+        """The label under the paper's method name ("P-Tuning (lstm)")."""
+        name = method_label(self.method)
+        return f"{name} ({self.details()})" if self.details() else name
+
+
+@dataclass
+class Row:
+    """The runs of one table row: one per seed, or several per seed when each job ran some of
+    the relations (a sweep over ``task.relation``), which are merged by seed."""
+
+    key: RowKey
+    runs: list[dict] = field(default_factory=list)
+
+    @property
+    def relations(self) -> set[str]:
+        return {rel for run in self.runs for rel in run["relations"]}
+
+    @property
+    def seeds(self) -> dict[object, dict[str, dict]]:
+        """{seed: {relation: its result}}, over every run of that seed."""
+        out: dict[object, dict[str, dict]] = {}
+        for run in self.runs:
+            out.setdefault(run.get("seed"), {}).update(run["relations"])
+        return out
+
+    @property
+    def macros(self) -> list[float]:
+        """Each seed's macro test P@1 over its relations."""
+        return [mean(float(r["test_p1"]) for r in rels.values()) for rels in self.seeds.values()]
+
+    def scores(self, relation: str) -> list[float]:
+        """Test P@1 of ``relation`` for each seed that has it."""
+        return [float(r[relation]["test_p1"]) for r in self.seeds.values() if relation in r]
+
+    def macro(self) -> tuple[float | None, float | None]:
+        """Macro test P@1: mean and std over seeds."""
+        return mean_std(self.macros)
+
+    def relation_mean(self, relation: str) -> float | None:
+        """Test P@1 of ``relation``, mean over seeds (None: no run has it)."""
+        return mean_std(self.scores(relation))[0]
+
+    def hits(self, relation: str) -> np.ndarray | None:
+        """(seeds, facts) 0/1 hits of ``relation`` (``test_hits`` in results.json); None when
+        a run lacks them (older results) or the seeds scored different numbers of facts."""
+        rows = [r[relation].get("test_hits") for r in self.seeds.values() if relation in r]
+        if not rows or any(r is None for r in rows) or len({len(r) for r in rows}) != 1:
+            return None
+        return np.array([[c == "1" for c in r] for r in rows], dtype=float)
+
+
+@dataclass
+class Tables:
+    relations: list[str]  # every relation of any row, in natural order (P19 before P103)
+    rows: list[Row]
+    by_encoder: bool  # P-Tuning runs used several encoders: rows are split by encoder
+
+
+def tables(runs: list[dict]) -> Tables:
+    """Group runs into rows: backbone x method (x encoder when P-Tuning runs differ in it) x
+    the config values in which runs of that backbone and method differ (``settings``)."""
+    by_encoder = len({encoder_name(run) for run in runs if uses_encoder(run)}) > 1
+    setting = settings(runs)
+    rows: dict[RowKey, Row] = {}
+    for run in sorted(
+        runs, key=lambda run: (run.get("seed") is None, run.get("seed"), run["path"])
+    ):
+        encoder = encoder_name(run) if by_encoder and uses_encoder(run) else ""
+        key = RowKey(run["backbone"], run["method"], encoder, setting[run["path"]])
+        rows.setdefault(key, Row(key)).runs.append(run)
+    relations = sorted({rel for row in rows.values() for rel in row.relations}, key=natural)
+    order = sorted(rows, key=lambda k: (k.backbone, method_order(k.method), k.encoder))
+    return Tables(relations, [rows[key] for key in order], by_encoder)
+
+
+def flat_config(run: dict) -> dict[str, str]:
+    """The run's resolved config as dotted keys -> values (as text), less what never makes a
+    setting (``NOT_A_SETTING``), and less training keys for a run that trains nothing."""
+    flat: dict[str, str] = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = json.dumps(node) if isinstance(node, list) else str(node)
+
+    walk(run.get("config") or {}, "")
+    trains = any("epochs" in r for r in (run.get("relations") or {}).values())
+    skip = NOT_A_SETTING + (() if trains else TRAINING_ONLY)
+    return {
+        k: v
+        for k, v in flat.items()
+        if not k.endswith(".dirpath")  # where checkpoints go: a path per job
+        and not any(k == s or k.startswith(s) for s in skip)
+    }
+
+
+def settings(runs: list[dict]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Each run's (path's) setting: the config values in which the runs of its backbone and
+    method differ, so that runs of one row differ in the seed only."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["backbone"], run["method"]), []).append(run)
+    out = {}
+    for group in groups.values():
+        flats = {run["path"]: flat_config(run) for run in group}
+        keys = sorted({k for flat in flats.values() for k in flat})
+        differing = [k for k in keys if len({flat.get(k) for flat in flats.values()}) > 1]
+        for path, flat in flats.items():
+            out[path] = tuple((k, flat.get(k, "—")) for k in differing)
+    return out
+
+
+def method_order(method: str) -> tuple[int, str]:
+    """Sort key: the paper's rows first, in its order (an ensemble after its source)."""
+    base = re.sub(r"_top\d+$", "", method)
+    order = list(PAPER_METHODS)
+    return (order.index(base) if base in order else len(order), method)
+
+
+def method_label(method: str) -> str:
+    """The paper's name of a method ("MP", "LPAQA top-5"), or the method itself."""
+    match = re.fullmatch(r"(.+)_top(\d+)", method)
+    if match and match.group(1) in PAPER_METHODS:
+        return f"{PAPER_METHODS[match.group(1)]} top-{match.group(2)}"
+    return PAPER_METHODS.get(method, method)
+
+
+# --- intervals ---------------------------------------------------------------------------------
+
+
+def fact_draws(relation: str, n: int) -> np.ndarray:
+    """(BOOTSTRAP_SAMPLES, n) resampled fact positions of a relation: the same for every row
+    (paired comparisons) and every report (seeded by the relation and its size)."""
+    rng = np.random.default_rng(zlib.crc32(f"{relation}:{n}".encode()))
+    return rng.integers(0, n, size=(BOOTSTRAP_SAMPLES, n))
+
+
+class Bootstrap:
+    """Bootstrap samples of a row's P@1 (one relation, or the macro over several): each sample
+    resamples the facts (shared by all rows, so differences are paired) and the row's seeds
+    (so that seed-to-seed spread counts too). Cached per row and relation set, and each
+    row's per-fact hits per relation."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple, np.ndarray | None] = {}
+        self.hit_cache: dict[tuple, np.ndarray | None] = {}
+
+    def hits(self, row: Row, relation: str) -> np.ndarray | None:
+        """``row.hits(relation)``, parsed once."""
+        key = (row.key, relation)
+        if key not in self.hit_cache:
+            self.hit_cache[key] = row.hits(relation)
+        return self.hit_cache[key]
+
+    def samples(self, row: Row, relations: Sequence[str]) -> np.ndarray | None:
+        """(BOOTSTRAP_SAMPLES,) P@1 (macro over ``relations``); None without per-fact hits."""
+        key = (row.key, tuple(relations))
+        if key not in self.cache:
+            self.cache[key] = self._samples(row, relations)
+        return self.cache[key]
+
+    def _samples(self, row: Row, relations: Sequence[str]) -> np.ndarray | None:
+        rng = np.random.default_rng(zlib.crc32(row.key.label().encode()))
+        per_relation = []
+        for relation in relations:
+            hits = self.hits(row, relation)  # (seeds, facts)
+            if hits is None:
+                return None
+            by_seed = hits[:, fact_draws(relation, hits.shape[1])].mean(-1).T  # (samples, seeds)
+            seeds = rng.integers(0, hits.shape[0], size=by_seed.shape)
+            per_relation.append(np.take_along_axis(by_seed, seeds, 1).mean(1))
+        return np.mean(per_relation, axis=0)
+
+    def interval(self, row: Row, relations: Sequence[str]) -> tuple[float, float] | None:
+        """95% percentile interval of the row's (macro) P@1."""
+        samples = self.samples(row, relations)
+        return None if samples is None else tuple(np.percentile(samples, [2.5, 97.5]).tolist())
+
+    def difference(
+        self, a: Row, b: Row, relations: Sequence[str]
+    ) -> tuple[float, float, float] | None:
+        """(mean difference a - b, 95% interval) of P@1 over ``relations``, paired over facts;
+        None when either row lacks per-fact hits or they scored different facts."""
+        for relation in relations:
+            first, second = self.hits(a, relation), self.hits(b, relation)
+            if first is None or second is None or first.shape[1] != second.shape[1]:
+                return None
+        first, second = self.samples(a, relations), self.samples(b, relations)
+        point = mean(mean(a.scores(r)) for r in relations) - mean(
+            mean(b.scores(r)) for r in relations
+        )
+        low, high = np.percentile(first - second, [2.5, 97.5]).tolist()
+        return point, low, high
+
+
+def within_noise(difference: tuple[float, float, float]) -> bool:
+    """A difference whose 95% interval holds zero."""
+    return difference[1] <= 0 <= difference[2]
+
+
+def paired(t: Tables, boot: Bootstrap) -> list[tuple[Row, Row, str, tuple[float, float, float]]]:
+    """Every two rows of a backbone: (a, b, relation or "macro", difference) for each relation
+    both cover, and the macro when they cover the same relations, where the rows' per-fact
+    hits allow it."""
+    out = []
+    for i, a in enumerate(t.rows):
+        for b in t.rows[i + 1 :]:
+            if a.key.backbone != b.key.backbone:
+                continue
+            if a.relations == b.relations:
+                macro = boot.difference(a, b, sorted(a.relations, key=natural))
+                out += [(a, b, "macro", macro)] if macro is not None else []
+            for relation in sorted(a.relations & b.relations, key=natural):
+                difference = boot.difference(a, b, [relation])
+                out += [(a, b, relation, difference)] if difference is not None else []
+    return out
+
+
+def cell_text(row: Row, boot: Bootstrap) -> str:
+    """Macro test P@1 (%) of a row: mean ± std over seeds, or with one seed its 95%
+    bootstrap interval over facts in brackets."""
+    relations = sorted(row.relations, key=natural)
+    m, s = row.macro()
+    if len(row.seeds) > 1 or m is None:
+        return plus_minus(m, s)
+    interval = boot.interval(row, relations)
+    if interval is None:
+        return percent(m, 1)
+    return f"{percent(m, 1)} [{percent(interval[0], 1)}, {percent(interval[1], 1)}]"
+
+
+def key_columns(t: Tables) -> list[str]:
+    columns = ["backbone", "method", "encoder"] if t.by_encoder else ["backbone", "method"]
+    return columns + ["setting"] * any(row.key.setting for row in t.rows)
+
+
+def key_cells(t: Tables, key: RowKey) -> list[str]:
+    setting = "; ".join(f"{k}={v}" for k, v in key.setting) or "—"
+    cells = [key.backbone, key.method] + [key.encoder or "—"] * t.by_encoder
+    return cells + [setting] * ("setting" in key_columns(t))
+
+
+def macro_table(t: Tables, boot: Bootstrap) -> tuple[list[str], list[list]]:
+    """Table 1 as (header, rows): macro test P@1 mean and std over seeds, its 95% bootstrap
+    interval over facts and seeds (fractions), the number of seeds (runs) and of relations."""
+    header = [*key_columns(t), "test_p1_mean", "test_p1_std", "ci95_low", "ci95_high"]
+    header += ["seeds", "relations"]
+    rows = []
+    for row in t.rows:
+        interval = boot.interval(row, sorted(row.relations, key=natural)) or (None, None)
+        cells = [*key_cells(t, row.key), *row.macro(), *interval]
+        rows.append([*cells, len(row.seeds), len(row.relations)])
+    return header, rows
+
+
+def paired_table(t: Tables, boot: Bootstrap) -> tuple[list[str], list[list]]:
+    """The paired bootstrap as (header, rows): difference a - b in test P@1 (fractions) with
+    its 95% interval, per relation and macro, and whether it is within noise."""
+    header = ["backbone", "row_a", "row_b", "relation", "difference", "ci95_low", "ci95_high"]
+    rows = [
+        [a.key.backbone, a.key.label(), b.key.label(), relation, *diff, within_noise(diff)]
+        for a, b, relation, diff in paired(t, boot)
+    ]
+    return [*header, "within_noise"], rows
+
+
+def relation_table(t: Tables) -> tuple[list[str], list[list]]:
+    """Table 2 as (header, rows): test P@1 per relation, mean over seeds (None: not run)."""
+    header = [*key_columns(t), *t.relations]
+    rows = [[*key_cells(t, row.key), *map(row.relation_mean, t.relations)] for row in t.rows]
+    return header, rows
+
+
+def notes(t: Tables) -> list[str]:
+    """Why some macro averages are not comparable: rows or seeds over different relation sets,
+    and seeds counted twice."""
+    out = []
+    every = set(t.relations)
+    for row in t.rows:
+        name = f"{row.key.backbone} / {row.key.label()}"
+        if row.relations != every:
+            lacking = ", ".join(sorted(every - row.relations, key=natural))
+            out.append(
+                f"{name} lacks {lacking}: its macro covers {len(row.relations)} of "
+                f"{len(every)} relations and is not comparable with full rows."
+            )
+        for seed, relations in row.seeds.items():
+            if set(relations) != row.relations:
+                lacking = ", ".join(sorted(row.relations - set(relations), key=natural))
+                out.append(f"{name}: seed {seed} lacks {lacking}.")
+            counted = Counter(
+                r for run in row.runs if run.get("seed") == seed for r in run["relations"]
+            )
+            twice = sorted((r for r, n in counted.items() if n > 1), key=natural)
+            if twice:
+                out.append(
+                    f"{name}: seed {seed} ran {', '.join(twice)} more than once; the last run "
+                    "counts."
+                )
+    return out
+
+
+# --- writers ---------------------------------------------------------------------------------
+
+
+def side_by_side(t: Tables, boot: Bootstrap | None = None) -> tuple[list[str], list[list[str]]]:
+    """The paper's shape: one row per backbone, one column per method (macro test P@1, %);
+    "≈" marks a method within noise of the backbone's best (paired bootstrap)."""
+    boot = boot or Bootstrap()
+    columns = list(dict.fromkeys(row.key.paper_label() for row in t.rows))
+    cells: dict[tuple[str, str], str] = {}
+    for row in t.rows:
+        mark = {"best": " (best)", "noise": " ≈", "below": ""}[versus_best(t, row, boot)]
+        cells[(row.key.backbone, row.key.paper_label())] = cell_text(row, boot) + mark
+    backbones = list(dict.fromkeys(row.key.backbone for row in t.rows))
+    rows = [[b, *(cells.get((b, c), "—") for c in columns)] for b in backbones]
+    return ["backbone", *columns], rows
+
+
+def versus_best(t: Tables, row: Row, boot: Bootstrap) -> str:
+    """ "best" (the backbone's highest macro among rows over the same relations), "noise"
+    (its paired difference to the best is within noise) or "below" (also: not comparable)."""
+    rivals = [
+        r for r in t.rows if r.key.backbone == row.key.backbone and r.relations == row.relations
+    ]
+    if len(rivals) == 1:  # no other row over the same relations: nothing to compare
+        return "below"
+    best = max(rivals, key=lambda r: r.macro()[0])
+    if best is row:
+        return "best"
+    diff = boot.difference(best, row, sorted(row.relations, key=natural))
+    return "noise" if diff is not None and within_noise(diff) else "below"
+
+
+def markdown_tables(t: Tables, boot: Bootstrap | None = None) -> str:
+    """Methods side by side, Table 1, the paired differences and Table 2, in Markdown
+    (percent, one decimal; "—": not run)."""
+    boot = boot or Bootstrap()
+    table1 = [
+        [*key_cells(t, row.key), cell_text(row, boot), len(row.seeds), len(row.relations)]
+        for row in t.rows
+    ]
+    table2 = [
+        [
+            *key_cells(t, row.key),
+            *(percent(row.relation_mean(rel), 1) or "—" for rel in t.relations),
+        ]
+        for row in t.rows
+    ]
+    return "\n".join(
+        [
+            "## Methods side by side: macro test P@1 (%)",
+            "",
+            "Mean ± sample std over seeds; one seed: [95% bootstrap interval over facts]. "
+            "≈: within noise of the best (paired bootstrap, 95% interval of the difference "
+            "holds 0).",
+            "",
+            markdown_table(*side_by_side(t, boot)),
+            "",
+            "## Table 1: macro test P@1 (%)",
+            "",
+            markdown_table([*key_columns(t), "test P@1", "seeds", "relations"], table1),
+            "",
+            markdown_paired(t, boot),
+            "",
+            "## Table 2: test P@1 (%) per relation, mean over seeds",
+            "",
+            markdown_table([*key_columns(t), *t.relations], table2),
+        ]
+    )
+
+
+def markdown_paired(t: Tables, boot: Bootstrap) -> str:
+    """Paired differences in macro test P@1 (points), with how many relations each row wins
+    beyond noise (all pairs per relation: ``paired_bootstrap.csv``)."""
+    lines = ["## Paired differences: macro test P@1 (points)", ""]
+    results = paired(t, boot)
+    pairs = [(a, b, diff) for a, b, relation, diff in results if relation == "macro"]
+    if not pairs:
+        return "\n".join([*lines, "No two rows of a backbone with per-fact results to pair."])
+    wins: Counter = Counter()
+    for a, b, relation, diff in results:
+        if relation != "macro" and not within_noise(diff):
+            wins[(a.key, b.key, diff[0] > 0)] += 1
+    rows = []
+    for a, b, diff in pairs:
+        verdict = "within noise" if within_noise(diff) else "a" if diff[0] > 0 else "b"
+        interval = f"{100 * diff[0]:+.1f} [{100 * diff[1]:+.1f}, {100 * diff[2]:+.1f}]"
+        counts = f"{wins[(a.key, b.key, True)]} / {wins[(a.key, b.key, False)]}"
+        rows.append([a.key.backbone, a.key.label(), b.key.label(), interval, verdict, counts])
+    header = ["backbone", "a", "b", "a - b [95% interval]", "better", "relations a / b better"]
+    return "\n".join([*lines, markdown_table(header, rows)])
+
+
+def plus_minus(mean_: float | None, std: float | None) -> str:
+    return percent(mean_, 1) + (f" ± {percent(std, 1)}" if std is not None else "")
+
+
+def markdown(
+    t: Tables, problems: list[Problem], plots: Sequence[str] = (), boot: Bootstrap | None = None
+) -> str:
+    """The whole report: tables, notes on relation sets, missing/failed jobs, plots."""
+    parts = ["# P-Tuning report", "", markdown_tables(t, boot or Bootstrap()), ""]
+    found = notes(t)
+    if found:
+        parts += ["## Notes", "", *(f"- {note}" for note in found), ""]
+    parts += [markdown_problems(problems), ""]
+    if plots:
+        parts += ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
+    return "\n".join(parts)
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+
+def plot_relations(t: Tables) -> Figure:
+    """Test P@1 per relation, one bar per row (manual vs P-Tuning ...), one panel per backbone;
+    error bars are the std over seeds."""
+    backbones = sorted({row.key.backbone for row in t.rows})
+    labels = sorted({row.key.label() for row in t.rows})  # one colour per label in all panels
+    width = max(6.0, 1.2 + 0.9 * len(t.relations))
+    fig = Figure(figsize=(width, 3.2 * len(backbones)), layout="constrained")
+    axes = fig.subplots(len(backbones), 1, squeeze=False)[:, 0]
+    for ax, backbone in zip(axes, backbones, strict=True):
+        rows = [row for row in t.rows if row.key.backbone == backbone]
+        bar = 0.8 / len(rows)
+        for i, row in enumerate(rows):
+            xs, heights, errors = [], [], []
+            for x, relation in enumerate(t.relations):
+                m, s = mean_std(row.scores(relation))
+                if m is not None:  # no bar where the row has no run of this relation
+                    xs.append(x + (i - (len(rows) - 1) / 2) * bar)
+                    heights.append(100 * m)
+                    errors.append(100 * s if s is not None else 0.0)
+            label = row.key.label()
+            color = f"C{labels.index(label) % 10}"
+            ax.bar(xs, heights, bar, yerr=errors, capsize=2, label=label, color=color)
+        ax.set_xticks(range(len(t.relations)), t.relations)
+        ax.set_ylabel("test P@1 (%)")
+        ax.set_title(backbone)
+        ax.legend(fontsize="small")
+    return fig
+
+
+def plot_encoders(t: Tables) -> Figure | None:
+    """Encoder ablation: macro test P@1 per encoder (± std over seeds), one group per backbone
+    and method; None when all runs used the same encoder."""
+    rows = [row for row in t.rows if row.key.encoder]
+    if not t.by_encoder or not rows:
+        return None
+    groups = sorted({(row.key.backbone, row.key.method) for row in rows})
+    encoders = sorted({row.key.encoder for row in rows})
+    fig = Figure(figsize=(max(5.0, 1.5 + 1.6 * len(groups)), 3.5), layout="constrained")
+    ax = fig.subplots()
+    bar = 0.8 / len(encoders)
+    for i, encoder in enumerate(encoders):
+        xs, heights, errors = [], [], []
+        for x, (backbone, method) in enumerate(groups):
+            match = [row for row in rows if row.key == RowKey(backbone, method, encoder)]
+            if match:
+                m, s = match[0].macro()
+                xs.append(x + (i - (len(encoders) - 1) / 2) * bar)
+                heights.append(100 * m)
+                errors.append(100 * s if s is not None else 0.0)
+        ax.bar(xs, heights, bar, yerr=errors, capsize=3, label=encoder)
+    ax.set_xticks(range(len(groups)), [f"{b}\n{m}" for b, m in groups])
+    ax.set_ylabel("macro test P@1 (%)")
+    ax.set_title("Encoder ablation")
+    ax.legend(title="encoder", fontsize="small")
+    return fig
+
+
+def save_png(fig: Figure, path: Path) -> None:
+    """PNG without version or date metadata, so that reruns are byte-identical."""
+    fig.savefig(path, dpi=100, metadata=PNG_METADATA)
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def write_report(t: Tables, problems: list[Problem], out: Path) -> str:
+    """Write report.md, the two CSVs and the plots into ``out``; returns the Markdown.
+
+    A plot that does not apply (e.g. no encoder ablation) is removed if an older report left it."""
+    out.mkdir(parents=True, exist_ok=True)
+    plots = {}
+    if t.rows:
+        plots[RELATIONS_PNG] = plot_relations(t)
+        plots[ENCODERS_PNG] = plot_encoders(t)
+    written = []
+    for name in (RELATIONS_PNG, ENCODERS_PNG):
+        if plots.get(name) is not None:
+            save_png(plots[name], out / name)
+            written.append(name)
+        else:
+            (out / name).unlink(missing_ok=True)
+    boot = Bootstrap()
+    text = markdown(t, problems, written, boot)
+    (out / REPORT_MD).write_text(text)
+    (out / MACRO_CSV).write_text(to_csv(*macro_table(t, boot)))
+    (out / RELATIONS_CSV).write_text(to_csv(*relation_table(t)))
+    (out / PAIRED_CSV).write_text(to_csv(*paired_table(t, boot)))
+    return text

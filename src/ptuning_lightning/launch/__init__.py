@@ -1,0 +1,2 @@
+"""Launch plumbing shared by the task families: config, builders, the runner, results.json,
+sweeps and distributed ranks."""

@@ -1,0 +1,154 @@
+"""What both reports share (``lama.report``, ``superglue.report``): reading the
+``results.json`` of run and sweep folders, with every failed or missing job kept as a
+``Problem``; which task family a run belongs to; and the table helpers (percent, CSV,
+Markdown)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean, stdev
+
+import yaml
+
+REPORT_MD = "report.md"
+
+
+# Encoder class name (results.json "encoder") -> its conf/encoder/ name.
+ENCODER_NAMES = {"LSTMPromptEncoder": "lstm", "MLPPromptEncoder": "mlp", "PromptEncoder": "none"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A job that has no usable result: it must show up in the report, not vanish from it."""
+
+    path: str
+    status: str  # "failed" (results.json says so) or "missing" (a job folder without one)
+    what: str  # backbone / method / seed, or the job's Hydra overrides
+    error: str
+
+
+def load_runs(dirs: list[str | Path]) -> tuple[list[dict], list[Problem]]:
+    """The successful runs under the given run or sweep folders, and every failed or missing job.
+
+    A job folder is one with ``.hydra/`` (Hydra writes it first); without ``results.json`` the job
+    is missing (crashed, killed or still running). Each run gets its folder as ``"path"``."""
+    runs, problems = [], []
+    for folder in map(Path, dirs):
+        if not folder.exists():
+            raise FileNotFoundError(f"no such run folder: {folder}")
+        for path in sorted(folder.rglob("results.json")):
+            run, problem = read_result(path)
+            runs += [run] if run else []
+            problems += [problem] if problem else []
+        for job in sorted(p.parent for p in folder.rglob(".hydra") if p.is_dir()):
+            if not (job / "results.json").exists():
+                problems.append(Problem(str(job), "missing", overrides(job), "no results.json"))
+    return runs, sorted(problems, key=lambda p: natural(p.path))
+
+
+def read_result(path: Path) -> tuple[dict | None, Problem | None]:
+    """One results.json as (run, None), or (None, problem) when it is unreadable or failed."""
+    job = str(path.parent)
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return None, Problem(job, "failed", overrides(path.parent), f"unreadable: {err}")
+    if run.get("status") == "failed":
+        return None, Problem(job, "failed", describe(run), str(run.get("error") or "no message"))
+    if not run.get("relations") and not run.get("task"):
+        return None, Problem(job, "failed", describe(run), "results.json has no relations")
+    return {**run, "path": job}, None
+
+
+def describe(run: dict) -> str:
+    """backbone / method (encoder) / seed, as far as a (possibly failed) run says."""
+    parts = [str(run[key]) for key in ("backbone", "method") if run.get(key)]
+    if parts and uses_encoder(run):
+        parts[-1] += f" ({encoder_name(run)})"
+    if run.get("seed") is not None:
+        parts.append(f"seed {run['seed']}")
+    return " / ".join(parts)
+
+
+def overrides(job: Path) -> str:
+    """The job's Hydra overrides (``.hydra/overrides.yaml``): what a missing job was to run."""
+    try:
+        return " ".join(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [])
+    except (OSError, yaml.YAMLError, TypeError):
+        return ""
+
+
+def encoder_name(run: dict) -> str:
+    """The conf/encoder/ name (lstm, mlp, none) of the run's encoder class."""
+    name = run.get("encoder") or "none"
+    return ENCODER_NAMES.get(name, name)
+
+
+def uses_encoder(run: dict) -> bool:
+    """Only prompts with pseudo tokens train an encoder; results.json names one for every run
+    (the config always has an encoder group), so manual baselines must not be split by it."""
+    if run.get("method") == "exported":
+        return False
+    template = ((run.get("config") or {}).get("prompt") or {}).get("template")
+    return "[P" in template if template else run.get("method") == "ptuning"
+
+
+def natural(text: str) -> list:
+    """Sort key that orders digits by value: P19 < P103."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std (None with fewer than two values: one seed has no spread)."""
+    if not values:
+        return None, None
+    return mean(values), stdev(values) if len(values) > 1 else None
+
+
+def percent(value: float | None, digits: int) -> str:
+    """A fraction as a percentage with fixed digits; empty for no value."""
+    return "" if value is None else f"{100 * value:.{digits}f}"
+
+
+def to_csv(header: list[str], rows: list[list], digits: int = 2) -> str:
+    """CSV with scores in percent (fixed digits), Unix line ends."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(
+            [percent(c, digits) if isinstance(c, float) or c is None else c for c in row]
+        )
+    return buffer.getvalue()
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown_problems(problems: list[Problem]) -> str:
+    """The "Missing or failed runs" section: every job that has no result."""
+    lines = ["## Missing or failed runs", ""]
+    if not problems:
+        return "\n".join([*lines, "None."])
+    rows = [[p.status, f"`{p.path}`", cell(p.what), cell(p.error)] for p in problems]
+    return "\n".join([*lines, markdown_table(["status", "job", "run", "error"], rows)])
+
+
+def cell(text: str, limit: int = 200) -> str:
+    """One line of text that cannot break a Markdown table."""
+    line = " ".join(text.split())
+    line = line if len(line) <= limit else line[: limit - 1] + "…"
+    return line.replace("|", "\\|") or "—"
+
+
+def task_family(run: dict) -> str:
+    """``lama`` (per-relation results) or ``superglue`` (one task's)."""
+    return "superglue" if "task" in run and "relations" not in run else "lama"

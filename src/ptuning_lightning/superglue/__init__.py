@@ -1,0 +1,1 @@
+"""SuperGLUE (FewGLUE) under the few-shot protocol: tasks, candidate scoring, runs, report."""
