@@ -1,4 +1,4 @@
-"""ptl-report's LAMA tables: gather the ``results.json`` of run and sweep folders into the paper's tables.
+"""ptl-report's LAMA tables: the ``results.json`` of run and sweep folders in the paper's shape.
 
 A row is one *setting*: backbone x method (x encoder when P-Tuning runs use several) x every
 other config value in which the runs differ (template, lr, epochs, ...), so that only seeds
