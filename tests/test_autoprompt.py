@@ -95,7 +95,7 @@ def test_saved_template_round_trips(gpt2, tmp_path):
     embeddings, text = module.exported(SEARCH)
     assert text == "[X] river [Y]" and embeddings.numel() == 0
     expected = backbone.tokenizer("Person 3")["input_ids"] + [trigger]  # " river"
-    searched = data.encoder.encode({"X": "Person 3"})
+    searched = data.template_tokenizer.encode({"X": "Person 3"})
     pairs = zip(searched.input_ids, searched.prompt_index, strict=True)
     searched_ids = [trigger if k >= 0 else t for t, k in pairs]
     plain = TemplateTokenizer(Template.parse(text), backbone.tokenizer, "causal").encode(

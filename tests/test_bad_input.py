@@ -310,11 +310,11 @@ def test_verbalizer_of_a_choice_task(gpt2):
         COPADataModule(gpt2.tokenizer, "causal", str(FEWGLUE), verbalizer={"0": "A"})
 
 
-def test_unknown_pattern_id_lists_the_ids(gpt2):
+def test_unknown_template_id_lists_the_ids(gpt2):
     with pytest.raises(
-        ValueError, match=r"task\.pattern: RTE has no patterns id 9; ids \[0, 1, 2\]"
+        ValueError, match=r"task\.template_id: RTE has no template id 9; ids \[0, 1, 2\]"
     ):
-        RTEDataModule(gpt2.tokenizer, "causal", str(FEWGLUE), pattern=9)
+        RTEDataModule(gpt2.tokenizer, "causal", str(FEWGLUE), template_id=9)
 
 
 def test_unknown_label_score(gpt2):

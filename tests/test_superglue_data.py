@@ -1,4 +1,4 @@
-"""SuperGLUE loaders and patterns on real FewGLUE records, for causal and masked backbones."""
+"""SuperGLUE loaders and templates on real FewGLUE records, for causal and masked backbones."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def check_example(example: dict, data, backbone) -> None:
     mask = backbone.tokenizer.mask_token_id
     for seq, positions, tokens in views.candidates:
         ids = views.sequences[seq]["input_ids"]
-        assert len(ids) <= data.encoder.max_length
+        assert len(ids) <= data.template_tokenizer.max_length
         if backbone.kind == "causal":
             assert positions[0] == len(ids) - len(tokens)  # read before each answer token
             assert ids[positions[0] + 1 :] == tokens[:-1]
@@ -55,22 +55,22 @@ def test_task_reads_real_records(task, manual, backbone):
             assert 0 <= example["label"] < len(example["views"].candidates)
     assert (data.template.n_prompt > 0) != manual
     text = backbone.tokenizer.decode(examples[0]["views"].sequences[0]["input_ids"])
-    if data.verbalizer:  # the anchor text of every classification pattern
+    if data.verbalizer:  # the anchor text of every classification template
         anchor = "Answer" if manual or data.template_source.count("Answer") else "?"
         assert anchor in text
 
 
-def test_every_pattern_id_parses(gpt2):
+def test_every_template_id_parses(gpt2):
     for task in TASKS:
-        for manual, table in ((False, task.patterns), (True, task.manual_patterns)):
-            for pattern in table:
-                key = "manual_pattern" if manual else "pattern"
-                data = task(gpt2.tokenizer, "causal", str(FEWGLUE), manual=manual, **{key: pattern})
+        for manual, table in ((False, task.templates), (True, task.manual_templates)):
+            for number in table:
+                key = "manual_template_id" if manual else "template_id"
+                data = task(gpt2.tokenizer, "causal", str(FEWGLUE), manual=manual, **{key: number})
                 assert (data.template.n_prompt == 0) == manual
 
 
 def test_copa_connective_and_candidates(gpt2):
-    data = COPADataModule(gpt2.tokenizer, "causal", str(FEWGLUE), manual=True, manual_pattern=1)
+    data = COPADataModule(gpt2.tokenizer, "causal", str(FEWGLUE), manual=True, manual_template_id=1)
     record = {
         "premise": "The man fell.",
         "choice1": "He slipped.",

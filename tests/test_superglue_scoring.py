@@ -19,10 +19,10 @@ WORDS = {"entailment": "certainly the case", "not_entailment": "No"}
 
 def reference_logp(backbone, inputs: dict[str, str], word: str, data: RTEDataModule) -> float:
     """log p(word) from the full model's logits, token by token, without the module."""
-    longest = max(len(data.encoder.answer_ids(w)) for w in WORDS.values())
-    encoded = data.encoder.encode(inputs, reserve=longest - (backbone.kind == "masked"))
+    longest = max(len(data.template_tokenizer.answer_ids(w)) for w in WORDS.values())
+    encoded = data.template_tokenizer.encode(inputs, reserve=longest - (backbone.kind == "masked"))
     ids, at = encoded.input_ids, encoded.answer_position
-    tokens = data.encoder.answer_ids(word)
+    tokens = data.template_tokenizer.answer_ids(word)
     if backbone.kind == "causal":
         sequence = ids + tokens[:-1]
     else:
@@ -37,7 +37,7 @@ def test_multi_token_label_words(backbone, score):
     data = RTEDataModule(
         backbone.tokenizer, backbone.kind, str(FEWGLUE), manual=True, verbalizer=WORDS
     )
-    lengths = [len(data.encoder.answer_ids(w)) for w in WORDS.values()]
+    lengths = [len(data.template_tokenizer.answer_ids(w)) for w in WORDS.values()]
     assert lengths[0] >= 3 and lengths[0] != lengths[1]  # a real multi-token case
     examples = data.encode_file(FEWGLUE / "RTE" / "train.jsonl", "train", limit=2)
     batch = collate_candidates(examples, backbone.tokenizer.pad_token_id, score)

@@ -137,14 +137,16 @@ class LamaDataModule(SplitLoaders, LightningDataModule):
         templates = [template] if template is None or isinstance(template, str) else template
         templates = [t or manual_template(data_root, self.relation) for t in templates]
         self.template_source = templates[0]
-        self.encoders = [
+        self.template_tokenizers = [
             TemplateTokenizer(Template.parse(t), tokenizer, model_kind, max_length)
             for t in templates
         ]
-        self.encoder = self.encoders[0]
-        self.template = self.encoder.template  # as the model sees it (causal: nothing after [Y])
+        self.template_tokenizer = self.template_tokenizers[0]
+        self.template = (
+            self.template_tokenizer.template
+        )  # as the model sees it (causal: nothing after [Y])
         self.template_weights = _ensemble_weights(templates, template_weights)
-        for other in self.encoders[1:]:
+        for other in self.template_tokenizers[1:]:
             if other.template.answer_space != self.template.answer_space:
                 raise DataError(
                     f"prompt ensemble: {other.template.source!r} spaces its answer slot unlike "
@@ -169,9 +171,9 @@ class LamaDataModule(SplitLoaders, LightningDataModule):
     def _candidates(self) -> tuple[torch.Tensor, dict[int, int]]:
         words = vocabulary(str(self.data_root), self.vocab, self.vocab_key)
         if words is None:
-            ids = list(range(len(self.encoder.tokenizer)))
+            ids = list(range(len(self.template_tokenizer.tokenizer)))
         else:
-            single = (self.encoder.answer_ids(w) for w in words)
+            single = (self.template_tokenizer.answer_ids(w) for w in words)
             ids = list(dict.fromkeys(t[0] for t in single if len(t) == 1))
         return torch.tensor(ids), {token: i for i, token in enumerate(ids)}
 
@@ -190,10 +192,10 @@ class LamaDataModule(SplitLoaders, LightningDataModule):
         in_vocab = facts if allowed is None else [f for f in facts if f["obj"] in allowed]
         examples = []
         for fact in in_vocab:
-            answer = self.encoder.answer_ids(fact["obj"])
+            answer = self.template_tokenizer.answer_ids(fact["obj"])
             if len(answer) != 1 or answer[0] not in candidates:
                 continue
-            views = [e.encode({"X": fact["sub"]}).fields() for e in self.encoders]
+            views = [e.encode({"X": fact["sub"]}).fields() for e in self.template_tokenizers]
             examples.append(
                 {
                     **views[0],

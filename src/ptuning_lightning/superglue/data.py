@@ -1,5 +1,5 @@
 """The shared FewGLUE / SuperGLUE DataModule: a task file only says how to read a record
-(``items``), its patterns and its verbalizer.
+(``items``), its templates and its verbalizer.
 
 Splits follow the few-shot protocol: ``train`` (the 32 labelled examples), ``dev32`` (model
 selection) and ``val`` (the SuperGLUE dev set, where results are reported). ReCoRD ships no
@@ -40,11 +40,11 @@ class Item:
 
 
 class SuperGlueDataModule(SplitLoaders, LightningDataModule):
-    """One SuperGLUE task under one pattern. Subclasses set the class attributes and ``items``."""
+    """One SuperGLUE task under one template. Subclasses set the class attributes and ``items``."""
 
     folder: ClassVar[str]  # the task's folder under data_root (e.g. "RTE")
-    patterns: ClassVar[dict[int, str]]  # P-Tuning patterns (with [P] pseudo tokens)
-    manual_patterns: ClassVar[dict[int, str]]  # the same without pseudo tokens
+    templates: ClassVar[dict[int, str]]  # P-Tuning templates (with [P] pseudo tokens)
+    manual_templates: ClassVar[dict[int, str]]  # the same without pseudo tokens
     verbalizer: ClassVar[dict[str, str]] = {}  # label -> word; empty for choice tasks
     choice_labels: ClassVar[tuple[str, ...]] = ()  # choice tasks: the valid label values
     metrics: ClassVar[tuple[str, ...]] = ("acc",)  # what SuperGLUE reports for the task
@@ -58,8 +58,8 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
         model_kind: str,
         data_root: str,
         name: str = "",
-        pattern: int = 0,
-        manual_pattern: int = 0,
+        template_id: int = 0,
+        manual_template_id: int = 0,
         manual: bool = False,
         template: str | None = None,
         verbalizer: dict[str, str] | None = None,
@@ -75,26 +75,28 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
         seed: int = 34,
         train: dict | None = None,
     ) -> None:
-        """``manual`` picks ``manual_pattern`` from ``manual_patterns`` (no pseudo tokens), else
-        ``pattern`` from ``patterns``; ``template`` replaces
-        the pattern by any template over the task's slots; ``test_limit`` scores only the first
-        n records of the test split (a documented subset for slow CPUs); ``train`` holds the
-        task's optimisation defaults, read by the runner."""
+        """``manual`` picks ``manual_template_id`` from ``manual_templates`` (no pseudo tokens),
+        else ``template_id`` from ``templates``; ``template`` replaces the numbered one by any
+        template over the task's slots; ``test_limit`` scores only the first n records of the
+        test split (a documented subset for slow CPUs); ``train`` holds the task's optimisation
+        settings, read by the runner."""
         super().__init__()
         if label_score not in SCORES:
             raise ValueError(f"task.label_score must be one of {SCORES}, got {label_score!r}")
-        table = self.manual_patterns if manual else self.patterns
-        pattern = manual_pattern if manual else pattern
-        if template is None and pattern not in table:
-            kind = "manual_patterns" if manual else "patterns"
+        table = self.manual_templates if manual else self.templates
+        number = manual_template_id if manual else template_id
+        if template is None and number not in table:
+            key = "manual_template_id" if manual else "template_id"
             raise ValueError(
-                f"task.pattern: {self.folder} has no {kind} id {pattern}; ids {list(table)}"
+                f"task.{key}: {self.folder} has no template id {number}; ids {list(table)}"
             )
-        self.template_source = template or table[pattern]
+        self.template_source = template or table[number]
         slots = slot_names(self.template_source)
-        template = Template.parse(self.template_source, slots, self.after_answer)
-        self.encoder = TemplateTokenizer(template, tokenizer, model_kind, max_length)
-        self.template = self.encoder.template  # as the model sees it (causal: nothing after [Y])
+        parsed = Template.parse(self.template_source, slots, self.after_answer)
+        self.template_tokenizer = TemplateTokenizer(parsed, tokenizer, model_kind, max_length)
+        self.template = (
+            self.template_tokenizer.template
+        )  # as the model sees it (causal: nothing after [Y])
         self.used_slots = [p.value for p in self.template.parts if p.kind == "slot"]
         self.words = dict(self.verbalizer) | self.checked_verbalizer(verbalizer or {})
         self.data_root = Path(data_root) / self.folder
@@ -145,7 +147,7 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
         return [Item(inputs, self.label_words(), self.label_index(record, where))]
 
     def clean(self, field: str, text: str) -> str:
-        """A field's text as the pattern wants it (e.g. a question without its "?")."""
+        """A field's text as the template wants it (e.g. a question without its "?")."""
         return text
 
     def label_index(self, record: dict, where: str, key: str = "label") -> int:
@@ -173,7 +175,7 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
         for number, record in records:
             for item in self.items(record, f"{path}, line {number}"):
                 inputs = {s: item.inputs[s] for s in self.used_slots}
-                views = candidate_views(self.encoder, inputs, item.candidates)
+                views = candidate_views(self.template_tokenizer, inputs, item.candidates)
                 truncated += views.truncated
                 examples.append(
                     {

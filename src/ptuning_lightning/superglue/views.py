@@ -27,25 +27,25 @@ class Views:
 
 
 def candidate_views(
-    encoder: TemplateTokenizer, inputs: dict[str, str], candidates: list[str]
+    tokenizer: TemplateTokenizer, inputs: dict[str, str], candidates: list[str]
 ) -> Views:
     """The sequences that score every candidate of one example (see the module docstring)."""
-    tokens = [encoder.answer_ids(c) for c in candidates]
+    tokens = [tokenizer.answer_ids(c) for c in candidates]
     if not all(tokens):
         raise ValueError(f"a candidate answer has no tokens: {candidates}")
     longest = max(map(len, tokens))
-    encoded = encoder.encode(inputs, reserve=longest - (1 if encoder.kind == "masked" else 0))
+    encoded = tokenizer.encode(inputs, reserve=longest - (1 if tokenizer.kind == "masked" else 0))
     ids, prompt_index, answer = encoded.input_ids, encoded.prompt_index, encoded.answer_position
     keys: dict[tuple, int] = {}
     views = Views([], [], encoded.truncated)
     for cand in tokens:
         n = len(cand)
-        if encoder.kind == "causal":
+        if tokenizer.kind == "causal":
             key: tuple = tuple(cand[:-1])
             seq_ids, seq_prompt = ids + cand[:-1], prompt_index + [-1] * (n - 1)
         else:
             key = (n,)
-            mask = encoder.tokenizer.mask_token_id
+            mask = tokenizer.tokenizer.mask_token_id
             seq_ids = ids[:answer] + [mask] * n + ids[answer + 1 :]
             seq_prompt = prompt_index[:answer] + [-1] * n + prompt_index[answer + 1 :]
         if key not in keys:

@@ -7,12 +7,12 @@ from ptuning_lightning.superglue.data import SuperGlueDataModule
 
 class BoolQDataModule(SuperGlueDataModule):
     folder = "BoolQ"
-    patterns = {
+    templates = {
         0: "[passage] Question: [question]? [P] Answer: [Y].",
         1: "[P*2] [passage] Question: [question]? [P*2] Answer: [Y].",
         2: "[passage] [P*3] [question]? [P*3] [Y].",
     }
-    manual_patterns = {
+    manual_templates = {
         0: "[passage] Question: [question]? Answer: [Y].",
         1: "[passage] Based on the previous passage, [question]? Answer: [Y].",
     }

@@ -1,4 +1,4 @@
-"""CommitmentBank: entailment -> Yes, contradiction -> No, neutral -> Maybe (RTE's patterns)."""
+"""CommitmentBank: entailment -> Yes, contradiction -> No, neutral -> Maybe (RTE's templates)."""
 
 from __future__ import annotations
 

@@ -11,11 +11,11 @@ CONNECTIVES = {"cause": "because", "effect": "so"}
 
 class COPADataModule(SuperGlueDataModule):
     folder = "COPA"
-    patterns = {
+    templates = {
         0: '"[choice1]" or "[choice2]"? [premise] [P*2] [connective] [Y].',
         1: "[P*2] [premise] [P*2] [connective] [Y].",
     }
-    manual_patterns = {
+    manual_templates = {
         0: '"[choice1]" or "[choice2]"? [premise], [connective] [Y].',
         1: "[premise], [connective] [Y].",
     }

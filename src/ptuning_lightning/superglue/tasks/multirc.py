@@ -10,11 +10,11 @@ from ptuning_lightning.superglue.data import Item, SuperGlueDataModule
 
 class MultiRCDataModule(SuperGlueDataModule):
     folder = "MultiRC"
-    patterns = {
+    templates = {
         0: "[paragraph] Question: [question] Is it [answer]? [P] Answer: [Y].",
         1: "[P*2] [paragraph] [P*2] [question] [P*2] [answer]? [P*2] [Y].",
     }
-    manual_patterns = {
+    manual_templates = {
         0: "[paragraph] Question: [question] Is it [answer]? Answer: [Y].",
         1: '[paragraph] Question: [question] Is the correct answer "[answer]"? Answer: [Y].',
     }

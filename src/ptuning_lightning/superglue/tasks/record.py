@@ -10,11 +10,11 @@ from ptuning_lightning.superglue.data import Item, SuperGlueDataModule
 
 class ReCoRDDataModule(SuperGlueDataModule):
     folder = "ReCoRD"
-    patterns = {
+    templates = {
         0: "[passage] [P*3] [query] [Y] [rest]",
         1: "[P*2] [passage] [P*2] [query] [Y] [rest]",
     }
-    manual_patterns = {0: "[passage] [query] [Y] [rest]"}
+    manual_templates = {0: "[passage] [query] [Y] [rest]"}
     metrics = ("record_f1", "record_em")
     test_split_default = "dev32"
     after_answer = ("rest",)

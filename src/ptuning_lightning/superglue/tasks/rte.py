@@ -7,12 +7,12 @@ from ptuning_lightning.superglue.data import SuperGlueDataModule
 
 class RTEDataModule(SuperGlueDataModule):
     folder = "RTE"
-    patterns = {
+    templates = {
         0: "[premise] Question: [hypothesis]? [P] Answer: [Y].",
         1: "[P*2] [premise] Question: [hypothesis]? [P*2] Answer: [Y].",
         2: '[premise] [P*3] "[hypothesis]"? [P*3] [Y].',
     }
-    manual_patterns = {
+    manual_templates = {
         0: "[premise] Question: [hypothesis]? Answer: [Y].",
         1: '[premise] Based on the previous passage, is it true that "[hypothesis]"? Answer: [Y].',
     }

@@ -7,12 +7,12 @@ from ptuning_lightning.superglue.data import SuperGlueDataModule
 
 class WiCDataModule(SuperGlueDataModule):
     folder = "WiC"
-    patterns = {
+    templates = {
         0: '"[sentence1]" / "[sentence2]" Question: Is the word "[word]" used in the same sense'
         " in both sentences? [P] Answer: [Y].",
         1: '[P*2] "[sentence1]" / "[sentence2]" [P*2] "[word]"? [P*2] [Y].',
     }
-    manual_patterns = {
+    manual_templates = {
         0: '"[sentence1]" / "[sentence2]" Question: Is the word "[word]" used in the same sense'
         " in both sentences? Answer: [Y].",
         1: '[sentence1] [sentence2] Does "[word]" have the same meaning in both sentences?'

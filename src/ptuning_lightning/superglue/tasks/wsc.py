@@ -11,12 +11,12 @@ from ptuning_lightning.superglue.data import Item, SuperGlueDataModule
 
 class WSCDataModule(SuperGlueDataModule):
     folder = "WSC"
-    patterns = {
+    templates = {
         0: '[text] Question: In the passage above, does the pronoun "*[pronoun]*" refer to'
         " [noun]? [P] Answer: [Y].",
         1: '[P*2] [text] [P*2] "*[pronoun]*" [P] [noun]? [P*2] [Y].',
     }
-    manual_patterns = {
+    manual_templates = {
         0: '[text] Question: In the passage above, does the pronoun "*[pronoun]*" refer to'
         " [noun]? Answer: [Y].",
         1: '[text] Question: In the passage above, is "*[pronoun]*" [noun]? Answer: [Y].',
