@@ -62,6 +62,7 @@ NOT_A_SETTING = (
     "logger",
     "execution.",
     "encoder._target_",  # the encoder column
+    "prompt._target_",  # the method's class: the method column (older runs lack the key)
     "callbacks.progress_bar",
     "trainer.default_root_dir",
     "trainer.enable_progress_bar",
