@@ -16,6 +16,7 @@ from wandb.proto import wandb_internal_pb2
 
 from ptuning_lightning.job import run
 from ptuning_lightning.lama.callbacks import nearest_tokens
+from ptuning_lightning.lama.run import for_relation
 from ptuning_lightning.launch.config import ROOT
 
 RELATIONS = ["P1376", "P36"]
@@ -87,7 +88,8 @@ def offline_wandb(tmp_path, monkeypatch) -> Path:
 def test_offline_is_the_default_without_api_key(offline_wandb, compose_cfg, monkeypatch):
     cfg = compose_cfg("train", offline_wandb, ["logger=wandb", "task.relation=P1376"])
     assert cfg.logger.wandb.offline is True
-    assert cfg.logger.wandb.name == "P1376" and cfg.logger.wandb.group == "train"
+    assert cfg.logger.wandb.group == "train"
+    assert for_relation(cfg, "P1376").logger.wandb.name == "P1376"  # the relation's run
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert cfg.logger.wandb.offline is False  # resolved when the logger is built
 
