@@ -23,13 +23,14 @@ from ptuning_lightning.launch.builders import build_encoder
 from ptuning_lightning.launch.config import CONFIG_DIR, ROOT
 from ptuning_lightning.prompting.encoders import LSTMPromptEncoder
 from ptuning_lightning.prompting.templates import TemplateError
-from ptuning_lightning.superglue.run import build_task
+from ptuning_lightning.superglue.run import build_task, protocol_config
 from ptuning_lightning.superglue.run import run_job as run_task
 from ptuning_lightning.superglue.tasks.cb import CBDataModule
 from ptuning_lightning.superglue.tasks.copa import COPADataModule
 from ptuning_lightning.superglue.tasks.rte import RTEDataModule
 
 FEWGLUE = ROOT / "data" / "fewglue"
+HYDRA = {"return_hydra_config": True}  # the job's overrides, as ptl-train's job sees them
 LAMA = ROOT / "data" / "lama"
 RTE_RECORD = {"premise": "A dog runs.", "hypothesis": "An animal runs.", "label": "entailment"}
 
@@ -326,6 +327,25 @@ def test_lama_prompt_on_a_superglue_task(tmp_path, compose_cfg, gpt2):
     cfg = compose_cfg("train", tmp_path, ["task=rte", "prompt=mixed"])
     with pytest.raises(ValueError, match="prompt=mixed does not apply to SuperGLUE tasks"):
         build_task(cfg, gpt2)
+
+
+def test_manual_start_words_on_a_superglue_task(tmp_path, monkeypatch):
+    """encoder.init_words=manual means a LAMA relation's words, which a SuperGLUE template
+    lacks: given on the command line it is refused before the backbone loads; left at the
+    encoder's default, the SuperGLUE job starts at random and its config says so."""
+    monkeypatch.setattr("ptuning_lightning.superglue.run.load_backbone", lambda cfg: 1 / 0)
+    overrides = ["task=rte", "prompt=ptuning", "logger=none", f"paths.output_dir={tmp_path}"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        default = compose("train", overrides=overrides)
+        cfg = compose("train", overrides=[*overrides, "encoder.init_words=manual"], **HYDRA)
+    assert default.encoder.init_words == "manual"  # the encoder config's (LAMA's) default
+    assert protocol_config(default, tmp_path).encoder.init_words is None
+    HydraConfig.instance().set_config(cfg)
+    try:
+        with pytest.raises(ValueError, match=r"SuperGLUE templates \(task=rte\) have none"):
+            run_task(cfg, tmp_path, 0.0)
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 @pytest.mark.parametrize(

@@ -44,8 +44,8 @@ def test_training_in_one_pass_follows_separate_runs(tmp_path, compose_cfg):
     overrides = [
         "backbone=tiny-gpt2",
         RELATIONS,
-        "encoder=mlp",
-        "optimizer.lr=0.003",
+        "encoder=lstm",  # (the MLP at lr 0.003 puts one P1376 dev fact on a float near-tie:
+        "optimizer.lr=0.003",  # it flips, and that relation stops an epoch apart)
         "trainer.max_epochs=4",
         "callbacks.early_stopping.patience=1",
         "ties_improve=false",  # (with ties improving, no relation stops early here)

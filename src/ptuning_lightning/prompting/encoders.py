@@ -36,8 +36,9 @@ class PromptEncoder(nn.Module):
         super().__init__()
         self.n_tokens, self.embed_dim = n_tokens, embed_dim
         self.embedding = nn.Embedding(n_tokens, embed_dim)
-        # start_at's constant: derived from the seeded initialisation, so not checkpointed
-        self.register_buffer("offset", None, persistent=False)
+        # start_at's constant (zero without start words); checkpointed with the weights, so a
+        # checkpoint alone gives the prompt it was saved with
+        self.register_buffer("offset", torch.zeros(n_tokens, embed_dim))
         with torch.no_grad():
             if init_vectors is not None:
                 self.embedding.weight.copy_(init_vectors)
@@ -49,8 +50,7 @@ class PromptEncoder(nn.Module):
         return inputs
 
     def forward(self) -> torch.Tensor:
-        prompt = self.encode(self.embedding.weight)
-        return prompt if self.offset is None else prompt + self.offset
+        return self.encode(self.embedding.weight) + self.offset
 
     def start_at(self, vectors: torch.Tensor | None) -> None:
         """Make the initial prompt (in eval mode, without dropout) equal ``vectors``, as the

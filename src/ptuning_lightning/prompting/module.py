@@ -99,8 +99,11 @@ class PromptedModule(LightningModule):
         return self.warmup_factory(optimizer)
 
     def learned_state(self) -> set[str]:
-        """State-dict names of what training changes: the trainable parameters."""
-        return {name for name, p in self.named_parameters() if p.requires_grad}
+        """State-dict names a checkpoint keeps: what training changes (the trainable
+        parameters) and the prompt encoder's buffers that its output needs with them (the
+        offset of a start at given words)."""
+        trained = {name for name, p in self.named_parameters() if p.requires_grad}
+        return trained | {name for name, _ in self.named_buffers() if name.startswith("encoder.")}
 
     def exported(self, template: str, index: int = 0) -> tuple[torch.Tensor, str]:
         """What ``prompt.pt`` stores of the trained prompt of target ``index``: its embeddings

@@ -68,7 +68,7 @@ def run_job(cfg: DictConfig, out: Path, started: float) -> dict:
     refuse_replaced(cfg, job_overrides())
     protocol = protocol_config(cfg, out)  # refuses trainer options it would replace
     backbone = load_backbone(cfg)
-    module, data, method = build_task(cfg, backbone)
+    module, data, method = build_task(protocol, backbone)
     trainer = build_trainer(protocol)
     outcome = fit_select_test(
         protocol, trainer, module, data, best_checkpoint(revalidate=True), last_checkpoint(protocol)
@@ -149,7 +149,13 @@ def refuse_replaced(cfg: DictConfig, overrides: list[str]) -> None:
     for override in overrides:
         if override.startswith("~"):
             continue
-        key = override.lstrip("+").split("=", 1)[0]
+        key, _, value = override.lstrip("+").partition("=")
+        if key == "encoder.init_words" and value == "manual":
+            raise ValueError(
+                "encoder.init_words=manual starts from a LAMA relation's words, and SuperGLUE "
+                f"templates (task={cfg.task.name}) have none: give the words, e.g. "
+                "encoder.init_words=[yes,no], or null for a random start"
+            )
         for setting, instead in REPLACED.items():
             if key == setting or key.startswith(f"{setting}."):
                 raise ValueError(
@@ -164,9 +170,10 @@ def job_overrides() -> list[str]:
 
 def protocol_config(cfg: DictConfig, out: Path) -> DictConfig:
     """The few-shot protocol as trainer and callback settings: step budget, evaluation every
-    N steps, selection and early stopping on ``dev/score``, LAMA-only callbacks removed; the
-    job is one run, named after the task, with its checkpoints in the job's folder. Trainer
-    options the protocol sets are refused when the job sets them too (``PROTOCOL_OPTIONS``)."""
+        N steps, selection and early stopping on ``dev/score``, LAMA-only callbacks removed, a
+    random prompt start where the encoder's default is LAMA's manual words; the
+        job is one run, named after the task, with its checkpoints in the job's folder. Trainer
+        options the protocol sets are refused when the job sets them too (``PROTOCOL_OPTIONS``)."""
     defaults = OmegaConf.load(Path(CONFIG_DIR, "trainer", "cpu.yaml"))
     for key, instead in PROTOCOL_OPTIONS.items():
         if cfg.trainer[key] != defaults[key]:
@@ -178,6 +185,8 @@ def protocol_config(cfg: DictConfig, out: Path) -> DictConfig:
     train = cfg.task.train
     with open_dict(cfg):
         cfg.run_name, cfg.run_dir = cfg.task.name, str(out)
+        if cfg.encoder.init_words == "manual":  # the LAMA default: no such words here
+            cfg.encoder.init_words = None
         cfg.trainer.max_steps, cfg.trainer.max_epochs, cfg.trainer.min_epochs = (
             train.max_steps,
             -1,
