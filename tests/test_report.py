@@ -16,6 +16,10 @@ from ptuning_lightning.launch.config import ROOT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ENCODERS = {"lstm": "LSTMPromptEncoder", "mlp": "MLPPromptEncoder"}
+# table1_macro.csv's seen / unseen columns for results without the split (tests/test_seen_unseen.py)
+NO_SPLIT = {
+    f"{part}_{what}": "" for part in ("seen", "unseen") for what in ("p1_mean", "p1_std", "n")
+}
 
 
 def write_job(job: Path, overrides: list[str], results: dict | None) -> None:
@@ -97,6 +101,7 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
             "ci95_high": "",
             "seeds": "2",
             "relations": "3",
+            **NO_SPLIT,
         },
         {
             "backbone": "tiny-gpt2",
@@ -108,6 +113,7 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
             "ci95_high": "",
             "seeds": "2",
             "relations": "3",
+            **NO_SPLIT,
         },
         # the failed seed is not averaged in: one seed, no std
         {
@@ -120,6 +126,7 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
             "ci95_high": "",
             "seeds": "1",
             "relations": "2",
+            **NO_SPLIT,
         },
     ]
     per_relation = read_csv(out / report.RELATIONS_CSV)
@@ -131,8 +138,9 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
     ]
 
     text = (out / reporting.REPORT_MD).read_text()
-    assert "| tiny-gpt2 | ptuning | lstm | 65.0 ± 7.1 | 2 | 3 |" in text
-    assert "| tiny-gpt2 | ptuning | mlp | 15.0 | 1 | 2 |" in text
+    assert "| tiny-gpt2 | ptuning | lstm | 65.0 ± 7.1 | n/a | n/a | 2 | 3 |" in text
+    assert "| tiny-gpt2 | ptuning | mlp | 15.0 | n/a | n/a | 1 | 2 |" in text
+    assert "No prior row for tiny-gpt2" in text
     assert "tiny-gpt2 / ptuning (mlp) lacks P103" in text
     problems = text.split("## Missing or failed runs")[1]
     assert f"| failed | `{sweep / '5'}` | tiny-gpt2 / ptuning (mlp) / seed 2 |" in problems

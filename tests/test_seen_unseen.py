@@ -5,12 +5,17 @@ the prior, a manual prompt and P-Tuning in one pass."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from conftest import write_jsonl
+from test_report import read_csv, result, write_job
 
+from ptuning_lightning import reporting
+from ptuning_lightning.cli import report as ptl_report
 from ptuning_lightning.job import run
+from ptuning_lightning.lama import report
 from ptuning_lightning.lama.run import object_split, split_macro
 
 # In the tiny tokenizers " Paris", " France", " Serbia" are one token and " Shire" several;
@@ -146,3 +151,127 @@ def test_split_follows_the_hits(tmp_path, compose_cfg, overrides):
         assert len(result["test_hits"]) == len(seen)
         split = expected(result["test_hits"], seen)
         assert {k: result[k] for k in split} == split, relation
+
+
+# --- ptl-report ------------------------------------------------------------------------------
+
+
+def relation(p1: float, seen: float, unseen: float | None, n_seen: int, n_unseen: int) -> dict:
+    """A relation's results.json entry with the split."""
+    return {
+        "dev_p1": p1,
+        "test_p1": p1,
+        "test_seen_p1": seen,
+        "test_seen_n": n_seen,
+        "test_unseen_p1": unseen,
+        "test_unseen_n": n_unseen,
+    }
+
+
+def split_job(root: Path, name: str, method: str, seed: int, relations: dict, **config) -> None:
+    """A job folder whose results.json has ``relations`` (and extra ``config`` groups)."""
+    run = result(method, "lstm", seed, {})
+    run["relations"] = relations
+    for group, values in config.items():
+        run["config"].setdefault(group, {}).update(values)
+    write_job(root / name, [name], run)
+
+
+@pytest.fixture
+def controls(tmp_path: Path) -> Path:
+    """P19 has 4 seen and 2 unseen test facts, P37 8 seen and none unseen. The prior: seen
+    0.5 and 0.25 (macro 0.375), unseen 0. MP, two seeds: seen macros 0.375 and 0.625, unseen
+    (P19 only) 0.5 and 1.0. P-Tuning on the backbone and on its Rand E control (one seed):
+    rows that differ only in backbone.control."""
+    root = tmp_path / "sweep"
+    split_job(
+        root,
+        "prior",
+        "prior",
+        34,
+        {"P19": relation(0.3, 0.5, 0.0, 4, 2), "P37": relation(0.3, 0.25, None, 8, 0)},
+    )
+    for seed, (seen19, unseen19) in ((1, (0.25, 0.5)), (2, (0.75, 1.0))):
+        relations = {
+            "P19": relation(0.4, seen19, unseen19, 4, 2),
+            "P37": relation(0.4, 0.5, None, 8, 0),
+        }
+        split_job(root, f"manual{seed}", "manual", seed, relations)
+    for control, seen in (("none", 0.9), ("rand_e", 0.6)):
+        relations = {"P19": relation(0.5, seen, 0.0, 4, 2), "P37": relation(0.5, seen, None, 8, 0)}
+        split_job(root, control, "ptuning", 34, relations, backbone={"control": control})
+    return root
+
+
+def test_report_shows_the_split_with_the_prior_first(controls: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    ptl_report([str(controls), "--out", str(out)])
+    macro = {(r["method"], r["setting"]): r for r in read_csv(out / report.MACRO_CSV)}
+    assert list(macro) == [
+        ("prior", "—"),
+        ("manual", "—"),
+        ("ptuning", "backbone.control=none"),
+        ("ptuning", "backbone.control=rand_e"),
+    ]
+    split = ("seen_p1_mean", "seen_p1_std", "seen_n", "unseen_p1_mean", "unseen_p1_std", "unseen_n")
+    assert [tuple(row[k] for k in split) for row in macro.values()] == [
+        ("37.50", "", "12", "0.00", "", "2"),
+        ("50.00", "17.68", "12", "75.00", "35.36", "2"),  # std of 37.5 and 62.5; of 50 and 100
+        ("90.00", "", "12", "0.00", "", "2"),
+        ("60.00", "", "12", "0.00", "", "2"),
+    ]
+    text = (out / reporting.REPORT_MD).read_text()
+    assert "| tiny-gpt2 | prior | — | 30.0 | 37.5 (12) | 0.0 (2) | 1 | 2 |" in text
+    assert (
+        "| tiny-gpt2 | manual | — | 40.0 ± 0.0 | 50.0 ± 17.7 (12) | 75.0 ± 35.4 (2) | 2 | 2 |"
+        in text
+    )
+    assert "| backbone | Prior | MP | P-Tuning (backbone.control=none) |" in text
+    assert "No prior row" not in text
+    assert f"]({report.SEEN_UNSEEN_PNG})" in text
+    assert (out / report.SEEN_UNSEEN_PNG).read_bytes().startswith(b"\x89PNG")
+
+
+def test_seen_unseen_plot_has_a_pair_of_bars_per_row(controls: Path):
+    """Four rows (the two P-Tuning rows differ only in backbone.control): eight bars, seen
+    then unseen, in the rows' order; the prior's seen P@1 as the dashed reference."""
+    t = report.tables(reporting.load_runs([controls])[0])
+    (ax,) = report.plot_seen_unseen(t).axes
+    heights = [round(bar.get_height(), 6) for bar in ax.patches]
+    assert heights == [37.5, 50.0, 90.0, 60.0, 0.0, 75.0, 0.0, 0.0]  # seen bars, then unseen
+    labels = [label.get_text() for label in ax.get_xticklabels()]
+    assert labels == [
+        "Prior\nn=12 / 2",
+        "MP\nn=12 / 2",
+        "P-Tuning\n(backbone.control=none)\nn=12 / 2",
+        "P-Tuning\n(backbone.control=rand_e)\nn=12 / 2",
+    ]
+    (reference,) = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert list(reference.get_ydata()) == [37.5, 37.5]
+
+
+def test_a_table_without_prior_says_how_to_add_it(controls: Path):
+    shutil.rmtree(controls / "prior")
+    t = report.tables(reporting.load_runs([controls])[0])
+    text = report.markdown_tables(t)
+    note = (
+        "> No prior row for tiny-gpt2: the table cannot tell recall from the training prior. "
+        "Add `prior` to the sweep's prompts, or run `ptl-train prompt=prior backbone=tiny-gpt2 "
+        "task.relation=[P19,P37] hydra.run.dir=DIR/prior`"
+    )
+    assert note in text
+    ax = report.plot_seen_unseen(t).axes[0]
+    assert not [line for line in ax.lines if line.get_linestyle() == "--"]  # no reference
+
+
+def test_results_before_the_split_still_report(tmp_path: Path):
+    """results.json without the split (the committed docs/ reports): "n/a" and empty CSV
+    cells, no seen/unseen plot."""
+    write_job(tmp_path / "old" / "0", ["old"], result("manual", "lstm", 1, {"P19": 0.2}))
+    out = tmp_path / "out"
+    ptl_report([str(tmp_path / "old"), "--out", str(out)])
+    (row,) = read_csv(out / report.MACRO_CSV)
+    assert row["test_p1_mean"] == "20.00" and row["seen_p1_mean"] == row["unseen_n"] == ""
+    text = (out / reporting.REPORT_MD).read_text()
+    assert "| tiny-gpt2 | manual | 20.0 | n/a | n/a | 1 | 1 |" in text
+    assert not (out / report.SEEN_UNSEEN_PNG).exists()
