@@ -183,8 +183,9 @@ def test_default_out_and_single_encoder(sweep: Path):
     assert "## Missing or failed runs\n\nNone." in (out / reporting.REPORT_MD).read_text()
 
 
-def test_notebook_runs_on_a_sweep(sweep: Path, monkeypatch):
-    """The notebook executes top to bottom on the fixture sweep (path via PTL_SWEEP)."""
+def run_notebook(sweep: Path, monkeypatch) -> tuple[str, int]:
+    """Execute the notebook top to bottom on ``sweep`` (via PTL_SWEEP): its text and Markdown
+    output, and how many images it drew."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -205,9 +206,19 @@ def test_notebook_runs_on_a_sweep(sweep: Path, monkeypatch):
     text = "".join(out.get("text", "") for out in outputs) + "".join(
         d.get("text/markdown", "") for d in data
     )
+    return text, sum("image/png" in d for d in data)
+
+
+def test_notebook_runs_on_a_sweep(sweep: Path, monkeypatch):
+    """The notebook on the fixture sweep: tables, problems, the note on the missing prior row;
+    results without the split or per-fact hits draw no seen / unseen plot and no pairs."""
+    text, images = run_notebook(sweep, monkeypatch)
     assert "5 runs, 2 missing or failed jobs" in text
     assert "65.0 ± 7.1" in text and "| missing |" in text
-    assert sum("image/png" in d for d in data) == 2
+    assert "No prior row for tiny-gpt2" in text and "| n/a | n/a |" in text
+    assert "No run has the seen / unseen split" in text
+    assert "No two rows of a backbone with per-fact results (test_hits) to pair." in text
+    assert images == 2
 
 
 def test_methods_side_by_side_in_the_papers_order(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write_jsonl
-from test_report import read_csv, result, write_job
+from test_report import read_csv, result, run_notebook, write_job
 
 from ptuning_lightning import reporting
 from ptuning_lightning.cli import report as ptl_report
@@ -156,15 +156,21 @@ def test_split_follows_the_hits(tmp_path, compose_cfg, overrides):
 # --- ptl-report ------------------------------------------------------------------------------
 
 
-def relation(p1: float, seen: float, unseen: float | None, n_seen: int, n_unseen: int) -> dict:
-    """A relation's results.json entry with the split."""
+def relation(seen: str, unseen: str) -> dict:
+    """A relation's results.json entry from the hits of its seen and of its unseen test facts
+    (seen facts first), the P@1 counted here."""
+
+    def p1(hits: str) -> float | None:
+        return hits.count("1") / len(hits) if hits else None
+
     return {
-        "dev_p1": p1,
-        "test_p1": p1,
-        "test_seen_p1": seen,
-        "test_seen_n": n_seen,
-        "test_unseen_p1": unseen,
-        "test_unseen_n": n_unseen,
+        "dev_p1": p1(seen + unseen),
+        "test_p1": p1(seen + unseen),
+        "test_hits": seen + unseen,
+        "test_seen_p1": p1(seen),
+        "test_seen_n": len(seen),
+        "test_unseen_p1": p1(unseen),
+        "test_unseen_n": len(unseen),
     }
 
 
@@ -181,26 +187,24 @@ def split_job(root: Path, name: str, method: str, seed: int, relations: dict, **
 def controls(tmp_path: Path) -> Path:
     """P19 has 4 seen and 2 unseen test facts, P37 8 seen and none unseen. The prior: seen
     0.5 and 0.25 (macro 0.375), unseen 0. MP, two seeds: seen macros 0.375 and 0.625, unseen
-    (P19 only) 0.5 and 1.0. P-Tuning on the backbone and on its Rand E control (one seed):
-    rows that differ only in backbone.control."""
+    (P19 only) 0.5 and 1.0. P-Tuning on the backbone (seen 1.0 and 0.875) and on its Rand E
+    control (0.5 and 0.625), one seed each: rows that differ only in backbone.control."""
     root = tmp_path / "sweep"
-    split_job(
-        root,
-        "prior",
-        "prior",
-        34,
-        {"P19": relation(0.3, 0.5, 0.0, 4, 2), "P37": relation(0.3, 0.25, None, 8, 0)},
-    )
-    for seed, (seen19, unseen19) in ((1, (0.25, 0.5)), (2, (0.75, 1.0))):
-        relations = {
-            "P19": relation(0.4, seen19, unseen19, 4, 2),
-            "P37": relation(0.4, 0.5, None, 8, 0),
-        }
+    prior = {"P19": relation("1100", "00"), "P37": relation("11000000", "")}
+    split_job(root, "prior", "prior", 34, prior)
+    for seed, (seen, unseen) in ((1, ("1000", "10")), (2, ("1110", "11"))):
+        relations = {"P19": relation(seen, unseen), "P37": relation("11110000", "")}
         split_job(root, f"manual{seed}", "manual", seed, relations)
-    for control, seen in (("none", 0.9), ("rand_e", 0.6)):
-        relations = {"P19": relation(0.5, seen, 0.0, 4, 2), "P37": relation(0.5, seen, None, 8, 0)}
+    for control, seen19, seen37 in (("none", "1111", "11111110"), ("rand_e", "1100", "11111000")):
+        relations = {"P19": relation(seen19, "00"), "P37": relation(seen37, "")}
         split_job(root, control, "ptuning", 34, relations, backbone={"control": control})
     return root
+
+
+def line(text: str, start: str) -> str:
+    """The one line of ``text`` that starts with ``start``."""
+    (found,) = [row for row in text.splitlines() if row.startswith(start)]
+    return found
 
 
 def test_report_shows_the_split_with_the_prior_first(controls: Path, tmp_path: Path):
@@ -217,15 +221,15 @@ def test_report_shows_the_split_with_the_prior_first(controls: Path, tmp_path: P
     assert [tuple(row[k] for k in split) for row in macro.values()] == [
         ("37.50", "", "12", "0.00", "", "2"),
         ("50.00", "17.68", "12", "75.00", "35.36", "2"),  # std of 37.5 and 62.5; of 50 and 100
-        ("90.00", "", "12", "0.00", "", "2"),
-        ("60.00", "", "12", "0.00", "", "2"),
+        ("93.75", "", "12", "0.00", "", "2"),
+        ("56.25", "", "12", "0.00", "", "2"),
     ]
     text = (out / reporting.REPORT_MD).read_text()
-    assert "| tiny-gpt2 | prior | — | 30.0 | 37.5 (12) | 0.0 (2) | 1 | 2 |" in text
-    assert (
-        "| tiny-gpt2 | manual | — | 40.0 ± 0.0 | 50.0 ± 17.7 (12) | 75.0 ± 35.4 (2) | 2 | 2 |"
-        in text
-    )
+    prior = line(text, "| tiny-gpt2 | prior | — | 29.2 [")  # (2/6 + 2/8) / 2, one seed
+    assert prior.endswith("] | 37.5 (12) | 0.0 (2) | 1 | 2 |")
+    # test P@1: seeds (2/6 + 4/8) / 2 and (5/6 + 4/8) / 2
+    manual = "| tiny-gpt2 | manual | — | 54.2 ± 17.7 | 50.0 ± 17.7 (12) | 75.0 ± 35.4 (2) | 2 | 2 |"
+    assert manual in text
     assert "| backbone | Prior | MP | P-Tuning (backbone.control=none) |" in text
     assert "No prior row" not in text
     assert f"]({report.SEEN_UNSEEN_PNG})" in text
@@ -238,7 +242,7 @@ def test_seen_unseen_plot_has_a_pair_of_bars_per_row(controls: Path):
     t = report.tables(reporting.load_runs([controls])[0])
     (ax,) = report.plot_seen_unseen(t).axes
     heights = [round(bar.get_height(), 6) for bar in ax.patches]
-    assert heights == [37.5, 50.0, 90.0, 60.0, 0.0, 75.0, 0.0, 0.0]  # seen bars, then unseen
+    assert heights == [37.5, 50.0, 93.75, 56.25, 0.0, 75.0, 0.0, 0.0]  # seen bars, then unseen
     labels = [label.get_text() for label in ax.get_xticklabels()]
     assert labels == [
         "Prior\nn=12 / 2",
@@ -275,3 +279,16 @@ def test_results_before_the_split_still_report(tmp_path: Path):
     text = (out / reporting.REPORT_MD).read_text()
     assert "| tiny-gpt2 | manual | 20.0 | n/a | n/a | 1 | 1 |" in text
     assert not (out / report.SEEN_UNSEEN_PNG).exists()
+
+
+def test_notebook_shows_the_split_and_the_plot(controls: Path, monkeypatch):
+    """The notebook on the controls: seen / unseen cells, the per-relation plot and the seen vs
+    unseen plot (one encoder: no ablation plot)."""
+    text, images = run_notebook(controls, monkeypatch)
+    assert line(text, "| tiny-gpt2 | prior | — | 29.2 [").endswith(
+        "| 37.5 (12) | 0.0 (2) | 1 | 2 |"
+    )
+    assert "No prior row" not in text
+    # the paired differences per relation: the prior's P19 hits minus MP's, 2/6 - 7/12 points
+    assert line(text, "| tiny-gpt2 | prior | manual | P19 | -25.0 |")
+    assert images == 2
