@@ -161,7 +161,7 @@ def run_relation(cfg: DictConfig, backbone: Backbone, method: PromptMethod) -> d
             prompt, result["template"] = exported
             result |= prompt_norms(prompt, module.backbone.embeddings)
     result |= {"test_p1": outcome.test["test/P@1"], "test_n": int(outcome.test["test/n"])}
-    result |= test_facts(module, data.datasets["test"], data.candidate_ids, objects(data))
+    result |= test_facts(module, data.datasets["test"], data.candidate_ids, training_objects(data))
     result["eval_seconds"] = outcome.eval_seconds
     return result
 
@@ -232,7 +232,7 @@ def run_in_one_pass(
             exported = export(trainer, module, path, part.template_source, relation, index=r)
             result |= prompt_norms(exported[0], backbone.embeddings)
         examples = [e for e in data.datasets["test"] if e["relation"] == r]
-        result |= test_facts(module, examples, data.candidate_ids, objects(part), r)
+        result |= test_facts(module, examples, data.candidate_ids, training_objects(part), r)
         result["one_pass_seconds"] = seconds
         results[relation] = result
     return results
@@ -241,7 +241,7 @@ def run_in_one_pass(
 # --- results.json -----------------------------------------------------------------------------
 
 
-def objects(data: LamaDataModule) -> set[str]:
+def training_objects(data: LamaDataModule) -> set[str]:
     """The relation's training objects, after the filters the training split gets."""
     return {example["obj"] for example in data.datasets["train"]}
 
@@ -306,8 +306,8 @@ def object_split(test_objects: list[str], hits: str, train_objects: set[str]) ->
 
 def split_macro(per_relation: dict[str, dict]) -> dict:
     """The macro of ``object_split``: each part's P@1 averaged over the relations that have
-    facts in it, and its counts summed; empty unless every relation has the split (none
-    without per-fact results, e.g. relations read back from a run before it existed)."""
+    facts in it, and its counts summed; empty unless every relation has the split (one
+    without per-fact results, or read back from a run before the split, has none)."""
     if not all("test_seen_n" in r for r in per_relation.values()):
         return {}
     result = {}
@@ -341,7 +341,11 @@ def print_table(results: dict) -> None:
     for relation, r in results["relations"].items():
         n = r["filter"]["test"]["kept"]
         table.add_row(
-            relation, str(n), f"{100 * r['dev_p1']:.1f}", f"{100 * r['test_p1']:.1f}", *split(r)
+            relation,
+            str(n),
+            f"{100 * r['dev_p1']:.1f}",
+            f"{100 * r['test_p1']:.1f}",
+            *split_cells(r),
         )
     macro = results["macro"]
     table.add_row(
@@ -349,13 +353,13 @@ def print_table(results: dict) -> None:
         "",
         f"{100 * macro['dev_p1']:.1f}",
         f"{100 * macro['test_p1']:.1f}",
-        *split(macro),
+        *split_cells(macro),
         style="bold",
     )
     Console().print(table)
 
 
-def split(result: dict) -> tuple[str, str]:
+def split_cells(result: dict) -> tuple[str, str]:
     """The seen and unseen cells of ``print_table``: P@1 (%) and count, "—" without them."""
     cells = []
     for part in ("seen", "unseen"):
