@@ -16,6 +16,10 @@ from ptuning_lightning.launch.config import ROOT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ENCODERS = {"lstm": "LSTMPromptEncoder", "mlp": "MLPPromptEncoder"}
+# table1_macro.csv's seen / unseen columns for results without the split (tests/test_seen_unseen.py)
+NO_SPLIT = {
+    f"{part}_{what}": "" for part in ("seen", "unseen") for what in ("p1_mean", "p1_std", "n")
+}
 
 
 def write_job(job: Path, overrides: list[str], results: dict | None) -> None:
@@ -97,6 +101,7 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
             "ci95_high": "",
             "seeds": "2",
             "relations": "3",
+            **NO_SPLIT,
         },
         {
             "backbone": "tiny-gpt2",
@@ -108,6 +113,7 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
             "ci95_high": "",
             "seeds": "2",
             "relations": "3",
+            **NO_SPLIT,
         },
         # the failed seed is not averaged in: one seed, no std
         {
@@ -120,6 +126,7 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
             "ci95_high": "",
             "seeds": "1",
             "relations": "2",
+            **NO_SPLIT,
         },
     ]
     per_relation = read_csv(out / report.RELATIONS_CSV)
@@ -131,8 +138,9 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
     ]
 
     text = (out / reporting.REPORT_MD).read_text()
-    assert "| tiny-gpt2 | ptuning | lstm | 65.0 ± 7.1 | 2 | 3 |" in text
-    assert "| tiny-gpt2 | ptuning | mlp | 15.0 | 1 | 2 |" in text
+    assert "| tiny-gpt2 | ptuning | lstm | 65.0 ± 7.1 | n/a | n/a | 2 | 3 |" in text
+    assert "| tiny-gpt2 | ptuning | mlp | 15.0 | n/a | n/a | 1 | 2 |" in text
+    assert "No prior row for tiny-gpt2" in text
     assert "tiny-gpt2 / ptuning (mlp) lacks P103" in text
     problems = text.split("## Missing or failed runs")[1]
     assert f"| failed | `{sweep / '5'}` | tiny-gpt2 / ptuning (mlp) / seed 2 |" in problems
@@ -175,8 +183,9 @@ def test_default_out_and_single_encoder(sweep: Path):
     assert "## Missing or failed runs\n\nNone." in (out / reporting.REPORT_MD).read_text()
 
 
-def test_notebook_runs_on_a_sweep(sweep: Path, monkeypatch):
-    """The notebook executes top to bottom on the fixture sweep (path via PTL_SWEEP)."""
+def run_notebook(sweep: Path, monkeypatch) -> tuple[str, int]:
+    """Execute the notebook top to bottom on ``sweep`` (via PTL_SWEEP): its text and Markdown
+    output, and how many images it drew."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -197,9 +206,19 @@ def test_notebook_runs_on_a_sweep(sweep: Path, monkeypatch):
     text = "".join(out.get("text", "") for out in outputs) + "".join(
         d.get("text/markdown", "") for d in data
     )
+    return text, sum("image/png" in d for d in data)
+
+
+def test_notebook_runs_on_a_sweep(sweep: Path, monkeypatch):
+    """The notebook on the fixture sweep: tables, problems, the note on the missing prior row;
+    results without the split or per-fact hits draw no seen / unseen plot and no pairs."""
+    text, images = run_notebook(sweep, monkeypatch)
     assert "5 runs, 2 missing or failed jobs" in text
     assert "65.0 ± 7.1" in text and "| missing |" in text
-    assert sum("image/png" in d for d in data) == 2
+    assert "No prior row for tiny-gpt2" in text and "| n/a | n/a |" in text
+    assert "No run has the seen / unseen split" in text
+    assert "No two rows of a backbone with per-fact results (test_hits) to pair." in text
+    assert images == 2
 
 
 def test_methods_side_by_side_in_the_papers_order(tmp_path):

@@ -206,7 +206,7 @@ def compose_hydra(*overrides: str):
         (
             "lama_table",
             "prompt",
-            "manual,lpaqa,autoprompt_published,autoprompt,finetune,manual_finetune,ptuning",
+            "prior,manual,lpaqa,autoprompt_published,autoprompt,finetune,manual_finetune,ptuning",
         ),
         ("encoder_ablation", "encoder", "lstm,mlp,none"),
         (

@@ -112,7 +112,8 @@ def assert_scores(result: dict) -> None:
 
 
 def test_train_writes_results(ptuning_run):
-    """results.json holds per-relation P@1, filter counts and the macro average."""
+    """results.json holds per-relation P@1, filter counts and the macro average (one relation:
+    its own scores, the seen / unseen split too)."""
     name, _, results, _ = ptuning_run
     assert (results["method"], results["backbone"]) == ("ptuning", name)
     assert results["encoder"] == "LSTMPromptEncoder"
@@ -122,7 +123,8 @@ def test_train_writes_results(ptuning_run):
     assert relation["epochs"] == EPOCHS
     assert relation["filter"]["train"]["facts"] == 248  # every line of train.jsonl is read
     assert [relation["filter"][s]["kept"] for s in ("train", "dev", "test")] == [20, 7, 20]
-    assert results["macro"] == {"dev_p1": relation["dev_p1"], "test_p1": relation["test_p1"]}
+    split = ("test_seen_p1", "test_seen_n", "test_unseen_p1", "test_unseen_n")
+    assert results["macro"] == {key: relation[key] for key in ("dev_p1", "test_p1", *split)}
 
 
 def checkpoint_prompt(path: Path, name: str) -> tuple[int, torch.Tensor]:

@@ -3,11 +3,15 @@
 A row is one *setting*: backbone x method (x encoder when P-Tuning runs use several) x every
 other config value in which the runs differ (template, lr, epochs, ...), so that only seeds
 are averaged. Table 1: macro test P@1 per row, mean ± std over seeds, or a 95% bootstrap
-interval over facts for a single seed. Table 2: test P@1 per relation, mean over seeds.
+interval over facts for a single seed, and on seen and unseen objects (whether the fact's
+object is among the relation's training objects: recall or prior). Table 2: test P@1 per
+relation, mean over seeds. The prior row (``prompt=prior``) comes first, and a table without
+one says how to add it.
 Paired bootstrap (over facts and seeds) between every two rows of a backbone, per relation
 and macro; differences whose 95% interval holds 0 are marked as within noise. Missing and
 failed jobs are listed, never averaged away, and rows that cover different relations are
-flagged. The same functions serve ``notebooks/analysis.ipynb``.
+flagged. Plots: per relation, seen vs unseen, the encoder ablation. The same functions serve
+``notebooks/analysis.ipynb``.
 
 Outputs (in ``--out``, default ``<first DIR>/report``) are byte-identical from run to run:
 sorted rows, fixed float formats, no timestamps.
@@ -85,10 +89,13 @@ TRAINING_ONLY = (
 )
 RELATIONS_PNG = "per_relation.png"
 ENCODERS_PNG = "encoders.png"
+SEEN_UNSEEN_PNG = "seen_unseen.png"
+PRIOR = "prior"  # the training prior's method: every LAMA table's reference row
+PARTS = ("seen", "unseen")  # test facts whose object is / is not among the training objects
 # Method (results.json "method") -> the paper's row name, in the paper's order; other methods
 # follow in alphabetical order under their own names.
 PAPER_METHODS = {
-    "prior": "Prior",
+    PRIOR: "Prior",
     "manual": "MP",
     "lpaqa_mine": "LPAQA",
     "lpaqa_paraphrase": "LPAQA (paraphrased)",
@@ -168,6 +175,21 @@ class Row:
     def relation_mean(self, relation: str) -> float | None:
         """Test P@1 of ``relation``, mean over seeds (None: no run has it)."""
         return mean_std(self.scores(relation))[0]
+
+    def split(self, part: str) -> tuple[float | None, float | None, int | None]:
+        """Macro test P@1 on ``part`` ("seen" or "unseen") objects, mean and std over seeds,
+        and the number of such facts: each seed's macro averages its relations that have
+        facts in the part (``test_seen_p1`` ... in results.json). (None, None, None) when a
+        run predates the split."""
+        macros, counts = [], []
+        for relations in self.seeds.values():
+            results = list(relations.values())
+            if any(f"test_{part}_n" not in r for r in results):
+                return None, None, None
+            scores = [r[f"test_{part}_p1"] for r in results if r[f"test_{part}_p1"] is not None]
+            macros += [mean(scores)] if scores else []
+            counts.append(sum(r[f"test_{part}_n"] for r in results))
+        return *mean_std(macros), counts[0]  # the seeds of a row test the same facts
 
     def hits(self, relation: str) -> np.ndarray | None:
         """(seeds, facts) 0/1 hits of ``relation`` (``test_hits`` in results.json); None when
@@ -373,14 +395,18 @@ def key_cells(t: Tables, key: RowKey) -> list[str]:
 
 def macro_table(t: Tables, boot: Bootstrap) -> tuple[list[str], list[list]]:
     """Table 1 as (header, rows): macro test P@1 mean and std over seeds, its 95% bootstrap
-    interval over facts and seeds (fractions), the number of seeds (runs) and of relations."""
+    interval over facts and seeds (fractions), the number of seeds (runs) and of relations,
+    and on seen and unseen objects (``Row.split``) mean, std and number of facts (empty for
+    results before the split)."""
     header = [*key_columns(t), "test_p1_mean", "test_p1_std", "ci95_low", "ci95_high"]
     header += ["seeds", "relations"]
+    header += [f"{part}_{what}" for part in PARTS for what in ("p1_mean", "p1_std", "n")]
     rows = []
     for row in t.rows:
         interval = boot.interval(row, sorted(row.relations, key=natural)) or (None, None)
         cells = [*key_cells(t, row.key), *row.macro(), *interval]
-        rows.append([*cells, len(row.seeds), len(row.relations)])
+        split = [value for part in PARTS for value in row.split(part)]
+        rows.append([*cells, len(row.seeds), len(row.relations), *split])
     return header, rows
 
 
@@ -468,7 +494,13 @@ def markdown_tables(t: Tables, boot: Bootstrap | None = None) -> str:
     (percent, one decimal; "—": not run)."""
     boot = boot or Bootstrap()
     table1 = [
-        [*key_cells(t, row.key), cell_text(row, boot), len(row.seeds), len(row.relations)]
+        [
+            *key_cells(t, row.key),
+            cell_text(row, boot),
+            *(split_text(row, part) for part in PARTS),
+            len(row.seeds),
+            len(row.relations),
+        ]
         for row in t.rows
     ]
     table2 = [
@@ -488,9 +520,18 @@ def markdown_tables(t: Tables, boot: Bootstrap | None = None) -> str:
             "",
             markdown_table(*side_by_side(t, boot)),
             "",
+            *(f"> {note}\n" for note in prior_notes(t)),
             "## Table 1: macro test P@1 (%)",
             "",
-            markdown_table([*key_columns(t), "test P@1", "seeds", "relations"], table1),
+            "Seen / unseen: test P@1 on the facts whose object is / is not among the "
+            "relation's training objects (n: facts, over all relations; n/a: results from "
+            "before the split). A prompt that only learned the training prior scores on seen "
+            "objects only.",
+            "",
+            markdown_table(
+                [*key_columns(t), "test P@1", "seen (n)", "unseen (n)", "seeds", "relations"],
+                table1,
+            ),
             "",
             markdown_paired(t, boot),
             "",
@@ -521,6 +562,29 @@ def markdown_paired(t: Tables, boot: Bootstrap) -> str:
         rows.append([a.key.backbone, a.key.label(), b.key.label(), interval, verdict, counts])
     header = ["backbone", "a", "b", "a - b [95% interval]", "better", "relations a / b better"]
     return "\n".join([*lines, markdown_table(header, rows)])
+
+
+def split_text(row: Row, part: str) -> str:
+    """Macro test P@1 (%) on ``part`` objects, mean ± std over seeds, with the number of facts
+    ("n/a": results from before the split; "—": no such facts)."""
+    m, s, n = row.split(part)
+    if n is None:
+        return "n/a"
+    return f"{plus_minus(m, s) or '—'} ({n})"
+
+
+def prior_notes(t: Tables) -> list[str]:
+    """A line for each backbone whose table has no prior row, saying how to add one."""
+    relations = ",".join(t.relations)
+    return [
+        f"No prior row for {backbone}: the table cannot tell recall from the training prior. "
+        "Add `prior` to the sweep's prompts, or run `ptl-train prompt=prior "
+        f"backbone={backbone} task.relation=[{relations}] hydra.run.dir=DIR/prior` (with "
+        "the table's other task settings; nothing trains) into the reported folder DIR and "
+        "report again."
+        for backbone in dict.fromkeys(row.key.backbone for row in t.rows)
+        if not any(row.key.method == PRIOR and row.key.backbone == backbone for row in t.rows)
+    ]
 
 
 def plus_minus(mean_: float | None, std: float | None) -> str:
@@ -601,6 +665,47 @@ def plot_encoders(t: Tables) -> Figure | None:
     return fig
 
 
+def plot_seen_unseen(t: Tables) -> Figure | None:
+    """Recall or prior: macro test P@1 on seen and on unseen objects, a pair of bars per row
+    (± std over seeds; rows that differ in any setting, e.g. ``backbone.control``, are
+    separate pairs), one panel per backbone. The prior row's seen P@1 is drawn across the
+    panel: what the training prior alone reaches (its unseen P@1 is 0 by construction).
+    None when no row has the split."""
+    rows = [row for row in t.rows if row.split("seen")[2] is not None]
+    if not rows:
+        return None
+    backbones = list(dict.fromkeys(row.key.backbone for row in rows))
+    most = max(sum(row.key.backbone == b for row in rows) for b in backbones)
+    fig = Figure(figsize=(max(6.0, 1.5 + 2.2 * most), 3.8 * len(backbones)), layout="constrained")
+    axes = fig.subplots(len(backbones), 1, squeeze=False)[:, 0]
+    for ax, backbone in zip(axes, backbones, strict=True):
+        panel = [row for row in rows if row.key.backbone == backbone]
+        for i, part in enumerate(PARTS):
+            xs, heights, errors = [], [], []
+            for x, row in enumerate(panel):
+                m, s, _ = row.split(part)
+                if m is not None:
+                    xs.append(x + (i - 0.5) * 0.4)
+                    heights.append(100 * m)
+                    errors.append(100 * s if s is not None else 0.0)
+            ax.bar(xs, heights, 0.4, yerr=errors, capsize=2, label=f"{part} objects")
+        prior = [row for row in panel if row.key.method == PRIOR]
+        if prior and prior[0].split("seen")[0] is not None:
+            seen = 100 * prior[0].split("seen")[0]
+            ax.axhline(seen, color="grey", linestyle="--", label="Prior on seen objects")
+        labels = []
+        for row in panel:
+            n_seen, n_unseen = row.split("seen")[2], row.split("unseen")[2]
+            name = row.key.paper_label().replace(" (", "\n(").replace("; ", "\n")
+            labels.append(f"{name}\nn={n_seen} / {n_unseen}")
+        ax.set_xticks(range(len(panel)), labels, fontsize="small")
+        ax.set_xlabel("n: seen / unseen test facts")
+        ax.set_ylabel("macro test P@1 (%)")
+        ax.set_title(f"{backbone}: seen vs unseen objects (recall or prior)")
+        ax.legend(fontsize="small")
+    return fig
+
+
 def save_png(fig: Figure, path: Path) -> None:
     """PNG without version or date metadata, so that reruns are byte-identical."""
     fig.savefig(path, dpi=100, metadata=PNG_METADATA)
@@ -618,8 +723,9 @@ def write_report(t: Tables, problems: list[Problem], out: Path) -> str:
     if t.rows:
         plots[RELATIONS_PNG] = plot_relations(t)
         plots[ENCODERS_PNG] = plot_encoders(t)
+        plots[SEEN_UNSEEN_PNG] = plot_seen_unseen(t)
     written = []
-    for name in (RELATIONS_PNG, ENCODERS_PNG):
+    for name in (RELATIONS_PNG, SEEN_UNSEEN_PNG, ENCODERS_PNG):
         if plots.get(name) is not None:
             save_png(plots[name], out / name)
             written.append(name)

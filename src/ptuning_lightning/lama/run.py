@@ -161,7 +161,7 @@ def run_relation(cfg: DictConfig, backbone: Backbone, method: PromptMethod) -> d
             prompt, result["template"] = exported
             result |= prompt_norms(prompt, module.backbone.embeddings)
     result |= {"test_p1": outcome.test["test/P@1"], "test_n": int(outcome.test["test/n"])}
-    result |= test_facts(module, data.datasets["test"], data.candidate_ids)
+    result |= test_facts(module, data.datasets["test"], data.candidate_ids, training_objects(data))
     result["eval_seconds"] = outcome.eval_seconds
     return result
 
@@ -232,7 +232,7 @@ def run_in_one_pass(
             exported = export(trainer, module, path, part.template_source, relation, index=r)
             result |= prompt_norms(exported[0], backbone.embeddings)
         examples = [e for e in data.datasets["test"] if e["relation"] == r]
-        result |= test_facts(module, examples, data.candidate_ids, r)
+        result |= test_facts(module, examples, data.candidate_ids, training_objects(part), r)
         result["one_pass_seconds"] = seconds
         results[relation] = result
     return results
@@ -241,14 +241,28 @@ def run_in_one_pass(
 # --- results.json -----------------------------------------------------------------------------
 
 
+def training_objects(data: LamaDataModule) -> set[str]:
+    """The relation's training objects, after the filters the training split gets."""
+    return {example["obj"] for example in data.datasets["train"]}
+
+
 def test_facts(
-    module: PromptModule, examples: list[dict], candidate_ids: torch.Tensor, relation: int = 0
+    module: PromptModule,
+    examples: list[dict],
+    candidate_ids: torch.Tensor,
+    train_objects: set[str],
+    relation: int = 0,
 ) -> dict:
-    """``fact_results`` of the module's last test (``relation``: its index in a one pass)."""
+    """``fact_results`` of the module's last test and their ``object_split`` by
+    ``train_objects`` (``relation``: its index in a one pass)."""
     top = module.test_predictions(relation)
     decode = module.backbone.tokenizer.decode
     words = {c: decode([int(candidate_ids[c])]).strip() for c in set(top.values())}
-    return fact_results(examples, top, words)
+    facts = fact_results(examples, top, words)
+    if not facts:
+        return facts
+    scored = [e["obj"] for e in examples if e["index"] in top]
+    return facts | object_split(scored, facts["test_hits"], train_objects)
 
 
 def fact_results(examples: list[dict], top: dict[int, int], words: dict[int, str]) -> dict:
@@ -272,27 +286,83 @@ def fact_results(examples: list[dict], top: dict[int, int], words: dict[int, str
     }
 
 
+def object_split(test_objects: list[str], hits: str, train_objects: set[str]) -> dict:
+    """Test P@1 on the facts whose object is among the relation's training objects
+    (``test_seen_p1``: what a prompt can reach by learning the training prior) and on the
+    others (``test_unseen_p1``: only recall from the backbone reaches them), with their
+    counts (``test_seen_n``, ``test_unseen_n``). ``test_objects`` and ``hits`` (``test_hits``)
+    are in the same order; P@1 is None where a part has no facts."""
+    result = {}
+    for part, seen in (("seen", True), ("unseen", False)):
+        part_hits = [
+            hit == "1"
+            for obj, hit in zip(test_objects, hits, strict=True)
+            if (obj in train_objects) == seen
+        ]
+        result[f"test_{part}_p1"] = sum(part_hits) / len(part_hits) if part_hits else None
+        result[f"test_{part}_n"] = len(part_hits)
+    return result
+
+
+def split_macro(per_relation: dict[str, dict]) -> dict:
+    """The macro of ``object_split``: each part's P@1 averaged over the relations that have
+    facts in it, and its counts summed; empty unless every relation has the split (one
+    without per-fact results, or read back from a run before the split, has none)."""
+    if not all("test_seen_n" in r for r in per_relation.values()):
+        return {}
+    result = {}
+    for part in ("seen", "unseen"):
+        scores = [r[f"test_{part}_p1"] for r in per_relation.values()]
+        scores = [p1 for p1 in scores if p1 is not None]
+        result[f"test_{part}_p1"] = sum(scores) / len(scores) if scores else None
+        result[f"test_{part}_n"] = sum(r[f"test_{part}_n"] for r in per_relation.values())
+    return result
+
+
 def summarize(
     cfg: DictConfig, method: PromptMethod, per_relation: dict[str, dict], seconds: float
 ) -> dict:
-    """Per-relation metrics plus their macro average, the resolved config and versions."""
+    """Per-relation metrics plus their macro average (``split_macro`` for the seen / unseen
+    split), the resolved config and versions."""
     macro = {
         key: sum(r[key] for r in per_relation.values()) / len(per_relation)
         for key in ("dev_p1", "test_p1")
-    }
+    } | split_macro(per_relation)
     return envelope(cfg, method, seconds) | {"relations": per_relation, "macro": macro}
 
 
 @rank_zero_only
 def print_table(results: dict) -> None:
+    """Dev and test P@1 per relation and macro, and test P@1 on seen / unseen objects."""
     table = Table(title=f"{results['method']} on {results['backbone']} (P@1, %)")
-    for column in ("relation", "n test", "dev P@1", "test P@1"):
+    columns = ("relation", "n test", "dev P@1", "test P@1", "seen P@1 (n)", "unseen P@1 (n)")
+    for column in columns:
         table.add_column(column, justify="left" if column == "relation" else "right")
     for relation, r in results["relations"].items():
         n = r["filter"]["test"]["kept"]
-        table.add_row(relation, str(n), f"{100 * r['dev_p1']:.1f}", f"{100 * r['test_p1']:.1f}")
+        table.add_row(
+            relation,
+            str(n),
+            f"{100 * r['dev_p1']:.1f}",
+            f"{100 * r['test_p1']:.1f}",
+            *split_cells(r),
+        )
     macro = results["macro"]
     table.add_row(
-        "macro", "", f"{100 * macro['dev_p1']:.1f}", f"{100 * macro['test_p1']:.1f}", style="bold"
+        "macro",
+        "",
+        f"{100 * macro['dev_p1']:.1f}",
+        f"{100 * macro['test_p1']:.1f}",
+        *split_cells(macro),
+        style="bold",
     )
     Console().print(table)
+
+
+def split_cells(result: dict) -> tuple[str, str]:
+    """The seen and unseen cells of ``print_table``: P@1 (%) and count, "—" without them."""
+    cells = []
+    for part in ("seen", "unseen"):
+        p1, n = result.get(f"test_{part}_p1"), result.get(f"test_{part}_n")
+        cells.append("—" if n is None else f"{'—' if p1 is None else f'{100 * p1:.1f}'} ({n})")
+    return cells[0], cells[1]
