@@ -59,7 +59,8 @@ def run_job(cfg: DictConfig, out: Path, started: float) -> dict:
         else:
             pending.append(relation)
     method = build_method(cfg)
-    backbone = load_backbone(cfg) if pending else None
+    control = cfg.backbone.control  # its record (below) needs the model, even with none pending
+    backbone = load_backbone(cfg) if pending or control else None
     if pending and cfg.multi_relation:
         for relation, done in run_in_one_pass(cfg, pending, backbone, method).items():
             write_results(out / relation / RELATION_RESULT, done)
@@ -70,6 +71,7 @@ def run_job(cfg: DictConfig, out: Path, started: float) -> dict:
             write_results(out / relation / RELATION_RESULT, per_relation[relation])
     per_relation = {relation: per_relation[relation] for relation in relations}
     results = summarize(cfg, method, per_relation, time.perf_counter() - started)
+    results["backbone_control"] = backbone.control if control else None
     write_results(out / RESULTS, results)
     print_table(results)
     return results

@@ -13,15 +13,21 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from ptuning_lightning.launch.distributed import end_finished_job
-from ptuning_lightning.prompting.backbones import Backbone
+from ptuning_lightning.prompting.backbones import Backbone, apply_control, check_control
 from ptuning_lightning.prompting.execution import configure_execution
 from ptuning_lightning.prompting.methods import PromptMethod
 from ptuning_lightning.prompting.templates import relation_words
 
 
 def load_backbone(cfg: DictConfig) -> Backbone:
-    """``backbone.load``, run as ``execution`` says (checkpointing, compile)."""
-    return configure_execution(instantiate(cfg.backbone.load), **cfg.execution)
+    """``backbone.load``, re-initialised as ``backbone.control`` says (seeded by ``seed``), run
+    as ``execution`` says (checkpointing, compile)."""
+    control = cfg.backbone.control
+    check_control(control)
+    backbone = instantiate(cfg.backbone.load)
+    if control is not None:
+        apply_control(backbone, control, cfg.seed)
+    return configure_execution(backbone, **cfg.execution)
 
 
 def build_method(cfg: DictConfig) -> PromptMethod:

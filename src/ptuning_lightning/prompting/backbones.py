@@ -1,5 +1,6 @@
 """Frozen language models: load (hub, local path, the offline GGUF default, tiny random ones),
-embed tokens, and read logits out at the answer position only.
+embed tokens, and read logits out at the answer position only; OptiPrompt's controls
+re-initialise a loaded one (``apply_control``).
 
 A ``Backbone`` wraps a transformers ``*ForCausalLM`` / ``*ForMaskedLM``: its body (the
 ``base_model``) maps input embeddings to hidden states, its head (the one other child module)
@@ -49,6 +50,7 @@ class Backbone(nn.Module):
         self.model, self.tokenizer, self.kind, self.name = model, tokenizer, kind, name
         self.body, self.head = model.base_model, heads[0]
         self.trainable = False
+        self.control: dict | None = None  # set by ``apply_control``
         self.compile_backend: str | None = None  # set by ``compile_body``
         model.requires_grad_(False)
         super().train(False)
@@ -70,6 +72,7 @@ class Backbone(nn.Module):
         rebinds checkpointed layers to the copy's layers, but a compiled forward stays bound to
         the original body, so the copy compiles its own."""
         copied = Backbone(copy.deepcopy(self.model), self.tokenizer, self.kind, self.name)
+        copied.control = self.control
         if self.compile_backend is not None:
             copied.compile_body(self.compile_backend)
         return copied.set_trainable()
@@ -167,6 +170,70 @@ def _check_head_loaded(model: nn.Module, info: dict, name: str) -> None:
             f"{name}: the checkpoint lacks the LM head weights {missing[:4]}; "
             "a randomly initialised head would make every result meaningless"
         )
+
+
+# OptiPrompt's controls (Zhong et al., "Factual Probing Is [MASK]", 2021): each names the
+# modules whose weights are drawn again from the model's own initialisation.
+CONTROLS = {
+    "rand_e": lambda model: {model.get_input_embeddings()},  # Rand E: the input embeddings
+    "rand_m": lambda model: set(model.modules()),  # Rand M: every module
+}
+
+
+def check_control(control: str | None) -> None:
+    """Refuse a ``backbone.control`` that names no control (before anything is loaded)."""
+    if control is not None and control not in CONTROLS:
+        raise ValueError(
+            f"backbone.control must be null or one of {list(CONTROLS)}, got {control!r}"
+        )
+
+
+def apply_control(backbone: Backbone, control: str, seed: int) -> Backbone:
+    """Re-initialise ``backbone`` in place as OptiPrompt's control ``control`` does, so that a
+    prompt trained on it measures what the training facts alone teach, not what the model knows:
+    ``rand_e`` (Rand E) the input embedding matrix, ``rand_m`` (Rand M) every weight.
+
+    The weights are drawn by the model's own initialisation (transformers' ``init_weights``,
+    which runs the model class's ``_init_weights`` on each module: e.g. N(0,
+    initializer_range) for embeddings and linear layers, ones and zeros for norms), from the
+    random generator seeded with ``seed``; the global random state is left as it was. Only this
+    copy in memory changes: the files it was loaded from (the backbone cache) are never written.
+
+    Most LMs (GPT-2, BERT, SmolLM2) tie their output layer to the input embeddings: it is the
+    same matrix, so Rand E re-initialises the output layer's weight too (as in OptiPrompt,
+    whose BERT ties them; an output bias is kept). ``backbone.control`` records the control,
+    its seed and ``output_tied``; the backbone's name gains both, so that a prompt exported
+    from it is refused on the pretrained backbone (``load_prompt``).
+    """
+    check_control(control)
+    model = backbone.model
+    _reinitialise(model, CONTROLS[control](model), seed)
+    output = model.get_output_embeddings()
+    tied = output is not None and output.weight is model.get_input_embeddings().weight
+    backbone.control = {"control": control, "seed": seed, "output_tied": tied}
+    backbone.name = f"{backbone.name} ({control}, seed {seed})"
+    return backbone
+
+
+def _reinitialise(model: nn.Module, modules: set[nn.Module], seed: int) -> None:
+    """Run ``model.init_weights()`` on ``modules`` only. transformers initialises only what is
+    not flagged ``_is_hf_initialized`` (loading flags every module and tensor it filled), so
+    every module and tensor is flagged, then the flags of ``modules`` and their own tensors
+    cleared; a tensor tied into another module is cleared with its owner in ``modules``."""
+    for module in model.modules():
+        module._is_hf_initialized = module not in modules
+        for tensor in _own_tensors(module):
+            tensor._is_hf_initialized = True
+    for module in modules:
+        for tensor in _own_tensors(module):
+            tensor._is_hf_initialized = False
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model.init_weights()
+
+
+def _own_tensors(module: nn.Module) -> list[torch.Tensor]:
+    return [*module.parameters(recurse=False), *module.buffers(recurse=False)]
 
 
 def _with_pad(tokenizer):

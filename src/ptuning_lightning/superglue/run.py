@@ -76,6 +76,7 @@ def run_job(cfg: DictConfig, out: Path, started: float) -> dict:
     if outcome.trained:
         export(trainer, module, out / "prompt.pt", data.template_source, data.folder)
     results = envelope(protocol, method, time.perf_counter() - started) | {
+        "backbone_control": backbone.control,  # backbone.control's record (None: pretrained)
         "task": data.folder,
         "template": data.template_source,
         "splits": data.splits,
