@@ -136,8 +136,8 @@ def test_ptuning_leaves_the_start_on_a_strong_prior_relation(tmp_path, compose_c
     """The regression the collapse left: the demo's rate on P39 (243 of 480 test facts are
     "bishop", the most frequent training object), seed 36, 50 steps. From the random start
     (encoder.init_words=null) the same run scores 0.0 on these 64 facts, answering " native"
-    for 47% of them (measured 2026-12-02); from the default start it must reach 90% of the
-    prior's share of them."""
+    for 47% of them (measured 2026-12-02); from the default start it must reach half the
+    prior's share of them (at step 50 it answers mostly " bishop": about the prior)."""
     overrides = ["task.relation=P39", "seed=36", "optimizer.lr=3e-4", "trainer.max_steps=50"]
     cfg = compose_cfg("train", tmp_path, [*overrides, *LIMITS])
     run(cfg)
@@ -149,4 +149,4 @@ def test_ptuning_leaves_the_start_on_a_strong_prior_relation(tmp_path, compose_c
     gold = [int(data.candidate_ids[e["target_index"]]) for e in data.datasets["test"][:64]]
     prior = gold.count(backbone.tokenizer(" bishop")["input_ids"][0]) / len(gold)
     assert prior > 0.3  # a strong prior on these facts
-    assert result["test_p1"] >= 0.9 * prior
+    assert result["test_p1"] >= 0.5 * prior  # 0.0 from the random start
