@@ -188,6 +188,32 @@ def test_ptl_train_subset_uhn_writes_the_drop_counts(tmp_path, monkeypatch):
     assert result["filter"]["dev"]["kept"] == 2 and "uhn" not in result["filter"]["dev"]
 
 
+def test_uhn_scores_the_prompt_that_subset_null_trains(tmp_path, monkeypatch):
+    """P-Tuning on P27 (tiny-gpt2, the backbone's own name probe): training and dev selection
+    are those of ``subset=null`` (the probe draws no random numbers), only the test facts
+    differ, by the counted drops."""
+    results = {}
+    for subset in ("null", "uhn"):
+        out = tmp_path / subset
+        overrides = [
+            "backbone=tiny-gpt2",
+            "task.relation=P27",
+            f"task.subset={subset}",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=4",
+            *QUIET,
+        ]
+        monkeypatch.setattr("sys.argv", ["ptl-train", *overrides, f"hydra.run.dir={out}"])
+        train_main()
+        results[subset] = json.loads((out / "results.json").read_text())["relations"]["P27"]
+    full, uhn = results["null"], results["uhn"]
+    assert uhn["train_loss"] == full["train_loss"] and uhn["dev_p1"] == full["dev_p1"]
+    assert uhn["filter"]["train"] == full["filter"]["train"]
+    drops = uhn["filter"]["test"]["uhn"]
+    assert drops["probe"] == "tiny-gpt2" and drops["string_match"] > 0
+    assert uhn["test_n"] == full["test_n"] - drops["string_match"] - drops["person_name"]
+
+
 def test_subset_null_keeps_every_test_fact(tmp_path, gpt2):
     root = make_lama(tmp_path, facts=UHN_FACTS, relation="P27")
     data = LamaDataModule(str(root), "P27", gpt2.tokenizer, "causal", vocab_key="gpt2-xl")
