@@ -4,6 +4,9 @@ A fact (subject, object) is kept only if its object is in the chosen vocabulary 
 ``34k`` or ``full``) and is a single token of the backbone's tokenizer as it appears in the
 answer slot (with its leading space for byte-level BPE). The candidates are every vocabulary
 word that is a single token; P@1 is the argmax over them at the answer position.
+
+``subset=uhn`` scores only the test facts of LAMA-UHN (``uhn.py``); training and dev facts
+stay whole, so the prompt is the one ``subset=null`` trains and selects.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from lightning.pytorch import LightningDataModule
 
 from ptuning_lightning.data.batching import SplitLoaders
 from ptuning_lightning.data.jsonl import DataError, read_jsonl, read_jsonl_lines
+from ptuning_lightning.lama.uhn import SUBSETS, TopWords, uhn_filter
 from ptuning_lightning.prompting.templates import Template, TemplateTokenizer
 
 log = logging.getLogger(__name__)
@@ -123,6 +127,8 @@ class LamaDataModule(SplitLoaders, LightningDataModule):
         seed: int = 34,
         group_by_length: bool = False,
         sort_eval_by_length: bool = True,
+        subset: str | None = None,
+        name_probe: TopWords | None = None,
     ) -> None:
         """``template=None`` uses the relation's manual template from ``relations.jsonl``. A
         list of templates is an ensemble (evaluation only): every fact is encoded with each
@@ -130,8 +136,15 @@ class LamaDataModule(SplitLoaders, LightningDataModule):
         the first template decides the answer slot's spacing, which all must share.
         ``group_by_length``: training batches of similar lengths (less padding, each example
         still once per epoch; batches differ from the plain shuffle's). ``sort_eval_by_length``:
-        dev/test scored longest first (same P@1, less padding)."""
+        dev/test scored longest first (same P@1, less padding). ``subset``: None (every fact)
+        or ``uhn`` (LAMA-UHN test facts); ``name_probe`` gives LAMA-UHN's person-name filter
+        each name part's top words (``uhn.NameProbe``)."""
         super().__init__()
+        if subset not in SUBSETS:
+            raise DataError(
+                f"task.subset: unknown subset {subset!r}; choose from null (all facts) or uhn"
+            )
+        self.subset, self.name_probe = subset, name_probe
         self.data_root = Path(data_root)
         self.relation = resolve_relations(relation, data_root)[0]
         templates = [template] if template is None or isinstance(template, str) else template
@@ -190,18 +203,24 @@ class LamaDataModule(SplitLoaders, LightningDataModule):
         words = vocabulary(str(self.data_root), self.vocab, self.vocab_key)
         allowed = None if words is None else set(words)
         in_vocab = facts if allowed is None else [f for f in facts if f["obj"] in allowed]
-        examples = []
+        single = []
         for fact in in_vocab:
             answer = self.template_tokenizer.answer_ids(fact["obj"])
-            if len(answer) != 1 or answer[0] not in candidates:
-                continue
+            if len(answer) == 1 and answer[0] in candidates:
+                single.append(fact | {"target_token": answer[0]})
+        scored, uhn = single, None
+        if self.subset == "uhn" and split == "test":
+            scored, uhn = uhn_filter(single, self.relation, self.name_probe)
+        examples = []
+        for fact in scored:
+            token = fact["target_token"]
             views = [e.encode({"X": fact["sub"]}).fields() for e in self.template_tokenizers]
             examples.append(
                 {
                     **views[0],
                     **({"views": views} if len(views) > 1 else {}),
-                    "target_token": answer[0],
-                    "target_index": candidates[answer[0]],
+                    "target_token": token,
+                    "target_index": candidates[token],
                     "index": len(examples),
                     "sub": fact["sub"],
                     "obj": fact["obj"],
@@ -210,16 +229,18 @@ class LamaDataModule(SplitLoaders, LightningDataModule):
         self.stats[split] = {
             "facts": len(facts),
             "dropped_not_in_vocab": len(facts) - len(in_vocab),
-            "dropped_multi_token": len(in_vocab) - len(examples),
+            "dropped_multi_token": len(in_vocab) - len(single),
+            **({"uhn": uhn} if uhn is not None else {}),
             "kept": len(examples),
         }
         log.info("%s %s: %s", self.relation, split, self.stats[split])
         if not examples:
-            reason = (
-                f"the {self.vocab} vocabulary filter"
-                if not in_vocab
-                else "the single-token filter (objects must be one token of the backbone)"
-            )
+            if not in_vocab:
+                reason = f"the {self.vocab} vocabulary filter"
+            elif not single:
+                reason = "the single-token filter (objects must be one token of the backbone)"
+            else:
+                reason = "the LAMA-UHN filter (task.subset=uhn)"
             raise DataError(f"{path}: no facts left after {reason}; stats {self.stats[split]}")
         return examples
 

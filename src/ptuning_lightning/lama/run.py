@@ -25,6 +25,7 @@ from rich.table import Table
 from ptuning_lightning.lama.data import LamaDataModule, manual_template, resolve_relations
 from ptuning_lightning.lama.module import PromptModule
 from ptuning_lightning.lama.one_pass import OnePassData, OnePassModule, per_relation_best
+from ptuning_lightning.lama.uhn import NameProbe
 from ptuning_lightning.launch.builders import (
     build_encoder,
     build_method,
@@ -105,6 +106,7 @@ def build_relation(
     AutoPrompt search)."""
     method = method or build_method(cfg)
     L.seed_everything(cfg.seed, workers=True)
+    probe = NameProbe(backbone)  # task.subset=uhn's person-name filter, on the frozen backbone
     if method.trains_backbone:
         backbone = backbone.trainable_copy()
     relation, root = cfg.task.relation, cfg.task.data_root
@@ -117,6 +119,7 @@ def build_relation(
         template=prompt.template,
         template_weights=prompt.weights,
         batch_size=method.batch_size or cfg.task.batch_size,
+        name_probe=probe,
     )
     data.setup()
     own = method.module(backbone, data, cfg.seed)
