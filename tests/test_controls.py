@@ -11,14 +11,12 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from test_sweeps import ENV, FAST, PTL_TRAIN
 from transformers import GPT2LMHeadModel
 
 from ptuning_lightning.cli import report as ptl_report
@@ -207,22 +205,14 @@ def test_knowledge_controls_sweep_runs_five_jobs_and_reports_five_rows(tmp_path)
     sweep_dir = tmp_path / "sweep"
     done = subprocess.run(
         [
-            str(Path(sys.executable).parent / "ptl-train"),
+            PTL_TRAIN,
             "-m",
             "experiment=knowledge_controls",
             f"hydra.sweep.dir={sweep_dir}",
-            "backbone=tiny-gpt2",
-            f"backbone.load.corpus={LAMA / 'trex' / 'P1376'}",
+            *(o for o in FAST if not o.startswith("task.relation=")),
             "task.relation=[P1376,P37]",
-            "logger=none",
-            "~callbacks.progress_bar",
-            "trainer.enable_model_summary=false",
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=2",
-            "trainer.limit_val_batches=1",
-            "trainer.limit_test_batches=1",
         ],
-        env={**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"},
+        env=ENV,
         capture_output=True,
         text=True,
         timeout=300,

@@ -25,21 +25,26 @@ LIMITS = [
 ]
 
 
+def plain_logits(backbone, example: dict, prompt: torch.Tensor | None) -> torch.Tensor:
+    """The transformers model's own forward on one fact: its input embeddings with the prompt's
+    rows at the pseudo-token positions; the vocabulary logits at the answer position."""
+    embeds = backbone.model.get_input_embeddings()(torch.tensor(example["input_ids"])).clone()
+    for position, k in enumerate(example["prompt_index"]):
+        if k >= 0:
+            embeds[position] = prompt[k]
+    return backbone.model(inputs_embeds=embeds[None]).logits[0, example["answer_position"]]
+
+
 def plain_test_p1(cfg, prompt: torch.Tensor | None = None) -> float:
     """P@1 on the first 64 test facts by the transformers model's own forward, one fact at a
     time: input embeddings with the prompt's rows at the pseudo-token positions, the argmax of
     the candidates' logits at the answer position."""
     backbone = instantiate(cfg.backbone.load)
     _, data = build_relation(cfg, backbone)
-    examples, table = data.datasets["test"][:64], backbone.model.get_input_embeddings()
-    correct = 0
+    examples, correct = data.datasets["test"][:64], 0
     with torch.no_grad():
         for e in examples:
-            embeds = table(torch.tensor(e["input_ids"])).clone()
-            for position, k in enumerate(e["prompt_index"]):
-                if k >= 0:
-                    embeds[position] = prompt[k]
-            logits = backbone.model(inputs_embeds=embeds[None]).logits[0, e["answer_position"]]
+            logits = plain_logits(backbone, e, prompt)
             correct += int(logits[data.candidate_ids].argmax()) == e["target_index"]
     return correct / len(examples)
 
@@ -96,14 +101,10 @@ def start_of(cfg, backbone) -> tuple[torch.Tensor, float]:
     module, data = build_relation(cfg, backbone)
     with torch.no_grad():
         prompt = module.eval().prompt()
-    table, losses = backbone.model.get_input_embeddings(), []
+    losses = []
     with torch.no_grad():
         for e in data.datasets["dev"][:64]:
-            embeds = table(torch.tensor(e["input_ids"])).clone()
-            for position, k in enumerate(e["prompt_index"]):
-                if k >= 0:
-                    embeds[position] = prompt[k]
-            logits = backbone.model(inputs_embeds=embeds[None]).logits[0, e["answer_position"]]
+            logits = plain_logits(backbone, e, prompt)
             gold = data.candidate_ids[e["target_index"]]
             losses.append(float(torch.nn.functional.cross_entropy(logits[None], gold[None])))
     return prompt, sum(losses) / len(losses)
