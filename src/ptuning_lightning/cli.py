@@ -1,5 +1,6 @@
 """The entry points, thin: ptl-train and ptl-eval run one Hydra job (``job.run``) with
-``conf/train.yaml`` or ``conf/eval.yaml``; ptl-report writes the tables of finished runs."""
+``conf/train.yaml`` or ``conf/eval.yaml``; ptl-predict answers queries with exported prompts
+(``conf/predict.yaml``); ptl-report writes the tables of finished runs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ptuning_lightning.job import run
+from ptuning_lightning.lama.predict import predict_job
 from ptuning_lightning.lama.report import MACRO_CSV, PAIRED_CSV, RELATIONS_CSV, tables, write_report
 from ptuning_lightning.launch.config import CONFIG_DIR
 from ptuning_lightning.reporting import REPORT_MD, load_runs, task_family
@@ -30,6 +32,12 @@ def train(cfg: DictConfig) -> float | None:
 def evaluate(cfg: DictConfig) -> float | None:
     """ptl-eval: score a manual template or exported prompts (prompt=exported prompt.path=RUN)."""
     return run(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def predict(cfg: DictConfig) -> None:
+    """ptl-predict: answer (relation, subject) queries with exported prompts."""
+    predict_job(cfg)
 
 
 def report(argv: list[str] | None = None) -> None:

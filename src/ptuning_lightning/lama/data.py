@@ -107,6 +107,18 @@ def _word_list(path: Path, key: str) -> list[str]:
     return [w.removeprefix("Ġ") for w in words]
 
 
+def candidate_words(words: list[str], template_tokenizer: TemplateTokenizer) -> dict[int, str]:
+    """{token id: word} of the ``words`` that are one token in the template's answer slot, in
+    the list's order (a token that several words spell keeps the first): the candidates whose
+    argmax is P@1. Other words are left out, as the paper's single-token filter leaves them."""
+    candidates: dict[int, str] = {}
+    for word in words:
+        ids = template_tokenizer.answer_ids(word)
+        if len(ids) == 1:
+            candidates.setdefault(ids[0], word)
+    return candidates
+
+
 class LamaDataModule(SplitLoaders, LightningDataModule):
     """One LAMA relation, encoded with one template for one tokenizer."""
 
@@ -186,8 +198,7 @@ class LamaDataModule(SplitLoaders, LightningDataModule):
         if words is None:
             ids = list(range(len(self.template_tokenizer.tokenizer)))
         else:
-            single = (self.template_tokenizer.answer_ids(w) for w in words)
-            ids = list(dict.fromkeys(t[0] for t in single if len(t) == 1))
+            ids = list(candidate_words(words, self.template_tokenizer))
         return torch.tensor(ids), {token: i for i, token in enumerate(ids)}
 
     def _encode(self, path: Path, split: str, candidates: dict[int, int]) -> list[dict]:

@@ -9,6 +9,7 @@ without building the encoder.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -165,11 +166,22 @@ def export_prompt(
     torch.save(payload, path)
 
 
-def load_prompt(path: str | Path, backbone: Backbone, trained_for: str) -> tuple[torch.Tensor, str]:
-    """Load an exported prompt for ``trained_for`` (the job's relation) on ``backbone``.
-    Refuses, naming what differs: another relation, backbone, model kind or tokenizer, or a
-    number of rows unlike the template's pseudo tokens (as ``backbone.kind`` reads them).
-    Files exported before this metadata was stored are refused: re-export them."""
+@dataclass(frozen=True)
+class ExportedPrompt:
+    """A prompt read back from ``prompt.pt``: what it was trained for, its template and its
+    embeddings (one row per pseudo token the template has for the backbone's kind)."""
+
+    path: Path
+    trained_for: str
+    template: str
+    embeddings: torch.Tensor
+
+
+def read_prompt(path: str | Path, backbone: Backbone) -> ExportedPrompt:
+    """An exported prompt for use on ``backbone``, whatever it was trained for. Refuses, naming
+    what differs: another backbone, model kind or tokenizer, or a number of rows unlike the
+    template's pseudo tokens (as ``backbone.kind`` reads them). Files exported before this
+    metadata was stored are refused: re-export them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"exported prompt not found: {path}")
@@ -181,17 +193,12 @@ def load_prompt(path: str | Path, backbone: Backbone, trained_for: str) -> tuple
             "such checks); re-export it: run its ptl-train job again with resume=false"
         )
     expected = {
-        "trained_for": trained_for,
         "backbone": backbone.name,
         "kind": backbone.kind,
         "tokenizer": backbone.tokenizer_fingerprint(),
     }
     for key, value in expected.items():
-        if payload[key] != value:
-            raise ValueError(
-                f"{path}: the prompt's {PROMPT_METADATA[key]} is {payload[key]!r}, "
-                f"not {value!r} as in this job"
-            )
+        _refuse_mismatch(path, key, payload[key], value)
     embeddings, template = payload["embeddings"], payload["template"]
     parsed = Template.parse(template, slot_names(template))
     n_prompt = (parsed.for_causal() if backbone.kind == "causal" else parsed).n_prompt
@@ -201,4 +208,20 @@ def load_prompt(path: str | Path, backbone: Backbone, trained_for: str) -> tuple
             f"but its template {template!r} has {n_prompt} pseudo tokens for a "
             f"{backbone.kind} LM"
         )
-    return embeddings, template
+    return ExportedPrompt(path, payload["trained_for"], template, embeddings)
+
+
+def load_prompt(path: str | Path, backbone: Backbone, trained_for: str) -> tuple[torch.Tensor, str]:
+    """``read_prompt`` of the prompt for ``trained_for`` (the job's relation or task): its
+    embeddings and template; a prompt trained for anything else is refused."""
+    prompt = read_prompt(path, backbone)
+    _refuse_mismatch(prompt.path, "trained_for", prompt.trained_for, trained_for)
+    return prompt.embeddings, prompt.template
+
+
+def _refuse_mismatch(path: Path, key: str, stored: object, expected: object) -> None:
+    if stored != expected:
+        raise ValueError(
+            f"{path}: the prompt's {PROMPT_METADATA[key]} is {stored!r}, "
+            f"not {expected!r} as in this job"
+        )
