@@ -230,7 +230,7 @@ def test_knowledge_controls_sweep_runs_five_jobs_and_reports_five_rows(tmp_path)
     assert rows == [
         ("prior", "—"),
         ("manual", "—"),
-        ("ptuning", "backbone.control=None"),
+        ("ptuning", "backbone.control=null"),
         ("ptuning", "backbone.control=rand_e"),
         ("ptuning", "backbone.control=rand_m"),
     ]

@@ -234,7 +234,8 @@ def flat_config(run: dict) -> dict[str, str]:
             for key, value in node.items():
                 walk(value, f"{prefix}{key}.")
         else:
-            flat[prefix[:-1]] = json.dumps(node) if isinstance(node, list) else str(node)
+            # text as it is, the rest as the config spells it (null, true, 0.0003, [a, b])
+            flat[prefix[:-1]] = node if isinstance(node, str) else json.dumps(node)
 
     walk(run.get("config") or {}, "")
     trains = any("epochs" in r for r in (run.get("relations") or {}).values())
