@@ -265,3 +265,15 @@ def test_own_candidate_words(gpt2, tmp_path):
     assert sum(a["probability"] for a in answers) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match=r"candidates: \['Flemish-Walloon'\] are not one token"):
         Predictor.load(folder, backbone=gpt2, candidates=[*words, "Flemish-Walloon"])
+
+
+def test_queries_from_exactly_one_place(tmp_path):
+    """ptl-predict needs input= or queries=, and refuses both, before anything loads."""
+    common = ["backbone=tiny-gpt2", "prompt.path=unused"]
+    with pytest.raises(
+        ValueError, match=r"input=<file.jsonl> or queries=\[...\] \(neither given\)"
+    ):
+        predict_job(predict_config(tmp_path, common))
+    both = [*common, "input=q.jsonl", "queries=[{relation: P37, sub: Belgium}]"]
+    with pytest.raises(ValueError, match=r"\(both given\)"):
+        predict_job(predict_config(tmp_path, both))

@@ -83,8 +83,8 @@ class Predictor:
     """Exported prompts of LAMA relations on one backbone, answering queries.
 
     >>> predictor = Predictor.load("logs/demo")  # every prompt.pt under the folder
-    >>> predictor.predict([{"relation": "P37", "sub": "Belgium"}], top_k=3)
-    [{'relation': 'P37', 'sub': 'Belgium', 'answers': [{'obj': 'Dutch', 'probability': ...}]}]
+    >>> predictor.predict([{"relation": "P37", "sub": "Padasjoki"}], top_k=1)[0]["answers"]
+    [{'obj': 'Norwegian', 'probability': 0.345...}]
     """
 
     def __init__(
@@ -102,8 +102,7 @@ class Predictor:
         ``vocab_key``), ``full`` (every token), a list of words or a text file of one word per
         line (each must be one token in the answer slot); ``batch_size`` queries per batch;
         ``max_length`` as ``task.max_length``."""
-        self.backbone, self.data_root = backbone, Path(data_root)
-        self.batch_size, self.max_length = batch_size, max_length
+        self.backbone, self.data_root, self.batch_size = backbone, Path(data_root), batch_size
         self.paths: dict[str, Path] = {}
         for prompt in prompts:
             _refuse_non_lama(prompt)
@@ -130,7 +129,8 @@ class Predictor:
         for space in self.spaces:
             tokenizer = self.template_tokenizers[spacing.index(space)]
             self.words.append(self._candidate_set(words, tokenizer, own))
-        masks = torch.zeros(len(self.spaces), len(backbone.tokenizer), dtype=torch.bool)
+        # as wide as the logits (an embedding table may have rows past the tokenizer's)
+        masks = torch.zeros(len(self.spaces), backbone.embeddings.size(0), dtype=torch.bool)
         for s, tokens in enumerate(self.words):
             masks[s, list(tokens)] = True
         self.module = PredictModule(backbone, [p.embeddings for p in prompts], masks)
@@ -349,7 +349,8 @@ def read_queries(cfg: DictConfig) -> list[tuple[str, dict]]:
     """``input`` (a JSONL file) or ``queries`` (the command line), each query with the name
     that errors give it: ``<file>, line <n>`` or ``queries[<i>]``."""
     if bool(cfg.input) == bool(cfg.queries):
-        raise ValueError("ptl-predict: give input=<queries.jsonl> or queries=[...], not both")
+        given = "both" if cfg.input else "neither"
+        raise ValueError(f"ptl-predict: give input=<file.jsonl> or queries=[...] ({given} given)")
     if cfg.input:
         lines = read_jsonl_lines(cfg.input)
         return [(f"{cfg.input}, line {n}", row) for n, row in lines]
