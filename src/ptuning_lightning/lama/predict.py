@@ -279,15 +279,22 @@ def check_query(name: str, query: object, loaded: list[str], data_root: str | Pa
 
 
 def quiet_trainer(accelerator: str = "auto", progress: bool = False) -> L.Trainer:
-    """A trainer for prediction alone: one device, no logger, checkpoints or summary."""
-    return L.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=progress,
-    )
+    """A trainer for prediction alone: one device, no logger, checkpoints or summary, and
+    without Lightning's device and tip lines, which it would print on every call."""
+    lightning_info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = lightning_info.level
+    lightning_info.setLevel(logging.WARNING)
+    try:
+        return L.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=progress,
+        )
+    finally:
+        lightning_info.setLevel(level)
 
 
 def prompt_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
