@@ -21,6 +21,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from ptuning_lightning.lama.data import LamaDataModule
+from ptuning_lightning.lama.run import training_objects
 from ptuning_lightning.launch.builders import load_backbone
 from ptuning_lightning.launch.config import CONFIG_DIR
 
@@ -45,7 +46,7 @@ def main(sweep: str, a: str, b: str) -> None:
             vocab_key=cfg.backbone.vocab_key,
         )
         data.setup()
-        train = {e["obj"] for e in data.datasets["train"]}
+        train = training_objects(data)
         seen = np.array([e["obj"] in train for e in data.datasets["test"]])
         hits = {
             n: np.array([c == "1" for c in r["relations"][relation]["test_hits"]])

@@ -199,15 +199,14 @@ class Predictor:
         queries: Iterable[dict],
         top_k: int = 5,
         trainer: L.Trainer | None = None,
-        origin: str = "query",
     ) -> list[dict]:
         """One answer per query, in order: the query's ``relation`` and ``sub`` (and ``obj``
         with its ``rank`` among the candidates, None where it is no candidate), and
         ``answers``: the ``top_k`` candidates as ``{"obj": word, "probability": p}``.
-        ``origin`` names a query in errors (``"<origin> <n>"``, or pass pairs of (name,
-        query)); ``trainer``: where to run (default: one device, the fastest found)."""
+        Errors name a query "query <n>", or the name of a (name, query) pair;
+        ``trainer``: where to run (default: one device, the fastest found)."""
         named = [
-            item if isinstance(item, tuple) else (f"{origin} {n}", item)
+            item if isinstance(item, tuple) else (f"query {n}", item)
             for n, item in enumerate(queries, start=1)
         ]
         if top_k < 1:

@@ -171,10 +171,10 @@ def job_overrides() -> list[str]:
 
 def protocol_config(cfg: DictConfig, out: Path) -> DictConfig:
     """The few-shot protocol as trainer and callback settings: step budget, evaluation every
-        N steps, selection and early stopping on ``dev/score``, LAMA-only callbacks removed, a
-    random prompt start where the encoder's default is LAMA's manual words; the
-        job is one run, named after the task, with its checkpoints in the job's folder. Trainer
-        options the protocol sets are refused when the job sets them too (``PROTOCOL_OPTIONS``)."""
+    N steps, selection and early stopping on ``dev/score``, LAMA-only callbacks removed, a
+    random prompt start where the encoder's default is LAMA's manual words; the job is one
+    run, named after the task, with its checkpoints in the job's folder. Trainer options the
+    protocol sets are refused when the job sets them too (``PROTOCOL_OPTIONS``)."""
     defaults = OmegaConf.load(Path(CONFIG_DIR, "trainer", "cpu.yaml"))
     for key, instead in PROTOCOL_OPTIONS.items():
         if cfg.trainer[key] != defaults[key]:
