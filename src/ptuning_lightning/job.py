@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from ptuning_lightning.lama import run as lama
 from ptuning_lightning.lama.data import LamaDataModule
-from ptuning_lightning.launch.results import write_results
+from ptuning_lightning.launch.results import reset_peak_memory, write_results
 from ptuning_lightning.launch.sweeps import (
     RESULTS,
     error_message,
@@ -50,6 +50,7 @@ def run(cfg: DictConfig) -> float | None:
         record_status(out, "skipped")
         return family.objective(stored)
     started = time.perf_counter()
+    reset_peak_memory()
     try:
         results = family.run_job(cfg, out, started)
     except Exception as err:

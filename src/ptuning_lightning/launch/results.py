@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 from pathlib import Path
 
 import lightning
@@ -27,6 +28,7 @@ def envelope(cfg: DictConfig, method: PromptMethod, seconds: float) -> dict:
         "encoder": cfg.encoder._target_.rsplit(".", 1)[-1] if "encoder" in cfg else None,
         "seed": cfg.seed,
         "seconds": seconds,
+        "peak_memory_mib": peak_memory(),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": {
             "ptuning_lightning": ptuning_lightning.__version__,
@@ -36,6 +38,35 @@ def envelope(cfg: DictConfig, method: PromptMethod, seconds: float) -> dict:
             "python": platform.python_version(),
         },
     }
+
+
+# Linux: writing "5" to clear_refs restarts the process's peak resident set (VmHWM).
+CLEAR_REFS, PROC_STATUS = Path("/proc/self/clear_refs"), Path("/proc/self/status")
+
+
+def reset_peak_memory() -> None:
+    """Start counting this job's peak memory: the jobs of a multirun share one process, whose
+    lifetime peak would mix them up."""
+    try:
+        CLEAR_REFS.write_text("5")
+    except OSError:  # not Linux, or not allowed: peak_memory then reports no host figure
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory() -> dict[str, float | None]:
+    """Peak memory since ``reset_peak_memory`` (MiB): ``host``, the process's resident set
+    (None where /proc cannot say), and ``gpu``, what torch allocated on the current CUDA
+    device (None without one). What a user plans a sweep's machines from."""
+    host = None
+    try:
+        found = re.search(r"VmHWM:\s+(\d+) kB", PROC_STATUS.read_text())
+        host = int(found.group(1)) / 1024 if found else None
+    except OSError:
+        pass
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"host": host, "gpu": gpu}
 
 
 def prompt_norms(prompt: torch.Tensor, embeddings: torch.Tensor) -> dict:

@@ -1,9 +1,9 @@
 """SuperGLUE metrics as one torchmetrics state that is exact under DDP.
 
-Every statistic is a sum (correct, confusion matrix, ReCoRD EM/F1 of the chosen candidates)
-except MultiRC's exact match, which needs all answers of a question together: the (question,
-correct) pairs are concatenated across ranks and grouped at ``compute``. Padding copies (see
-``data.batching.EvalShardSampler``) are left out, so a DDP run counts every example once.
+The state is one record per example (prediction, gold label, question, the chosen
+candidate's ReCoRD EM/F1), concatenated across ranks; every metric is computed from it at
+``compute`` by ``task_scores``, which ``ptl-report``'s bootstrap also uses. Padding copies
+(see ``data.batching.EvalShardSampler``) are left out, so a DDP run counts every example once.
 
 Definitions follow SuperGLUE: CB's F1 is the unweighted mean of the per-class F1; MultiRC's
 F1a is the F1 of the "true" class over all answer options and its EM the share of questions
@@ -42,12 +42,65 @@ def token_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def task_scores(
+    names: tuple[str, ...],
+    n_classes: int,
+    pred: torch.Tensor,
+    label: torch.Tensor,
+    group: torch.Tensor,
+    em: torch.Tensor,
+    f1: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The metrics ``names`` and their mean ``score`` from per-example tensors: the predicted
+    and gold candidate, the question (``group``: MultiRC) and the chosen candidate's EM and F1
+    (ReCoRD). ``SuperGlueMetric`` computes with it, and ``ptl-report``'s bootstrap over
+    resampled examples too, so both use one definition."""
+    total = max(pred.numel(), 1)
+    hit = pred == label
+    values = {"acc": hit.double().sum() / total}
+    if "f1" in names or "f1a" in names:
+        matrix = confusion_matrix(pred, label, n_classes).double()  # rows: gold, cols: pred
+        per_class = 2 * matrix.diag() / (matrix.sum(0) + matrix.sum(1)).clamp(min=1e-12)
+        values["f1"] = per_class.mean()
+        values["f1a"] = per_class[1] if n_classes > 1 else per_class[0]
+    values["record_em"], values["record_f1"] = em.double().sum() / total, f1.double().sum() / total
+    if "em" in names:
+        values["em"] = question_em(group, hit)
+    chosen = {k: values[k].float() for k in names}
+    chosen[TASK_SCORE] = torch.stack(list(chosen.values())).mean()
+    return chosen
+
+
+def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """[gold][predicted] counts over the examples whose gold and prediction are among the
+    ``n_classes`` fixed labels (a ReCoRD record's candidates are not)."""
+    fixed = (pred < n_classes) & (label < n_classes)
+    index = label[fixed] * n_classes + pred[fixed]
+    return torch.bincount(index, minlength=n_classes**2).view(n_classes, n_classes)
+
+
+def question_em(group: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
+    """MultiRC's EM: the share of questions (``group``) whose answer options are all right."""
+    if group.numel() == 0:
+        return torch.tensor(0.0, dtype=torch.float64)
+    _, inverse = group.unique(return_inverse=True)
+    wrong = torch.zeros(int(inverse.max()) + 1, device=group.device)
+    wrong.index_add_(0, inverse, (~hit).float())
+    return (wrong == 0).double().mean()
+
+
 class SuperGlueMetric(Metric):
     """``metrics`` names what ``compute`` returns besides ``score``: ``acc``, ``f1`` (macro
-    over ``n_classes``), ``f1a`` and ``em`` (MultiRC), ``record_em`` and ``record_f1``."""
+    over ``n_classes``), ``f1a`` and ``em`` (MultiRC), ``record_em`` and ``record_f1``.
+
+    The state is one entry per example (its ``index`` in the split, prediction, gold label,
+    question and chosen candidate's EM/F1), concatenated across DDP ranks: the metrics follow
+    from it (``task_scores``), and so do the per-example records of ``results.json``
+    (``examples``), from which ``ptl-report`` bootstraps its intervals."""
 
     full_state_update = False
     KNOWN = ("acc", "f1", "f1a", "em", "record_em", "record_f1")
+    FIELDS = ("index", "pred", "label", "group", "em", "f1")
 
     def __init__(self, metrics: tuple[str, ...] = ("acc",), n_classes: int = 2) -> None:
         super().__init__()
@@ -56,60 +109,58 @@ class SuperGlueMetric(Metric):
             raise ValueError(f"unknown metric(s) {sorted(unknown)}; known: {self.KNOWN}")
         self.names = tuple(metrics)
         self.n_classes = n_classes
-        self.add_state("correct", default=torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("confusion", default=torch.zeros(n_classes, n_classes), dist_reduce_fx="sum")
-        self.add_state("record", default=torch.zeros(2, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("groups", default=[], dist_reduce_fx="cat")
-        self.add_state("group_correct", default=[], dist_reduce_fx="cat")
+        for name in self.FIELDS:
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+        self.add_state("seen", default=torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
         """``scores`` (B, C) over each example's candidates; ``batch`` gives ``label`` and,
-        where the task needs them, ``group``, ``candidate_em``/``candidate_f1``, ``padding``."""
+        where the task has them, ``index``, ``group``, ``candidate_em``/``candidate_f1`` and
+        ``padding`` (a DDP padding copy, not counted)."""
         label = batch["label"]
         counted = batch["padding"] == 0 if "padding" in batch else torch.ones_like(label).bool()
-        pred, label = scores.argmax(-1)[counted], label[counted]
-        hit = pred == label
-        self.correct += hit.sum()
-        self.total += hit.numel()
-        if pred.numel() and scores.size(-1) == self.n_classes:
-            index = label * self.n_classes + pred
-            self.confusion += (
-                torch.bincount(index, minlength=self.n_classes**2)
-                .view(self.n_classes, self.n_classes)
-                .to(self.confusion)
-            )
-        if "candidate_em" in batch:
-            rows = torch.arange(pred.numel(), device=pred.device)
-            self.record[0] += batch["candidate_em"][counted][rows, pred].sum().double()
-            self.record[1] += batch["candidate_f1"][counted][rows, pred].sum().double()
-        if "group" in batch:
-            self.groups.append(batch["group"][counted])
-            self.group_correct.append(hit)
+        pred = scores.argmax(-1)
+        index = batch.get("index", self.seen + torch.arange(label.numel(), device=label.device))
+        self.seen += label.numel()
+        rows = torch.arange(pred.numel(), device=pred.device)
+        chosen = {
+            key: batch[f"candidate_{key}"][rows, pred].double()
+            if f"candidate_{key}" in batch
+            else torch.zeros(pred.numel(), dtype=torch.float64, device=pred.device)
+            for key in ("em", "f1")
+        }
+        group = batch.get("group", torch.full_like(label, -1))
+        values = {"index": index, "pred": pred, "label": label, "group": group, **chosen}
+        for name in self.FIELDS:
+            getattr(self, name).append(values[name][counted])
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Per-example tensors, in split order (by ``index``)."""
+        values = {name: self._cat(getattr(self, name)) for name in self.FIELDS}
+        order = values["index"].argsort()
+        return {name: value[order] for name, value in values.items()}
 
     def compute(self) -> dict[str, torch.Tensor]:
-        total = self.total.clamp(min=1).double()
-        values = {"acc": self.correct / total}
-        matrix = self.confusion.double()  # rows: gold, columns: predicted
-        tp = matrix.diag()
-        per_class = 2 * tp / (matrix.sum(0) + matrix.sum(1)).clamp(min=1e-12)
-        values["f1"] = per_class.mean()
-        values["f1a"] = per_class[1] if self.n_classes > 1 else per_class[0]
-        values["record_em"], values["record_f1"] = self.record[0] / total, self.record[1] / total
-        values["em"] = self._question_em()
-        chosen = {k: values[k].float() for k in self.names}
-        chosen[TASK_SCORE] = torch.stack(list(chosen.values())).mean()
-        return chosen
-
-    def _question_em(self) -> torch.Tensor:
-        groups, correct = self._cat(self.groups), self._cat(self.group_correct)
-        if groups.numel() == 0:
-            return torch.tensor(0.0, dtype=torch.float64)
-        ids, inverse = groups.unique(return_inverse=True)
-        wrong = torch.zeros(ids.numel(), device=groups.device).index_add_(
-            0, inverse, (~correct.bool()).float()
+        s = self.state()
+        group = s["group"] if "em" in self.names else s["group"][:0]
+        return task_scores(
+            self.names, self.n_classes, s["pred"], s["label"], group, s["em"], s["f1"]
         )
-        return (wrong == 0).double().mean()
+
+    def confusion(self) -> list[list[int]]:
+        """[gold][predicted] counts over the fixed labels."""
+        s = self.state()
+        return confusion_matrix(s["pred"], s["label"], self.n_classes).tolist()
+
+    def examples(self) -> dict[str, list]:
+        """Per example, in split order: ``index``, ``pred`` and ``label`` (candidate indices),
+        and where the task has them ``group`` (MultiRC's question) and the chosen candidate's
+        ``em``/``f1`` (ReCoRD)."""
+        s = self.state()
+        keep = ["index", "pred", "label"]
+        keep += ["group"] if "em" in self.names else []
+        keep += ["em", "f1"] if "record_em" in self.names else []
+        return {name: s[name].tolist() for name in keep}
 
     @staticmethod
     def _cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ class CandidateModule(PromptedModule):
         self.dev_metric = SuperGlueMetric(metrics, n_classes)
         self.test_metric = SuperGlueMetric(metrics, n_classes)
         self.confusion: dict[str, list[list[int]]] = {}  # split -> [gold][predicted] counts
+        self.test_examples: dict[str, list] = {}  # the last test's per-example records
 
     def scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, C): each example's candidate scores; absent candidates get -inf."""
@@ -87,9 +88,12 @@ class CandidateModule(PromptedModule):
 
     def _log_metric(self, split: str, metric: SuperGlueMetric) -> None:
         """Computed (synchronised across DDP ranks) once per evaluation, then reset; the
-        confusion matrix is kept for ``results.json`` (which labels the model predicts)."""
+        confusion matrix (which labels the model predicts) and the test's per-example records
+        (for ``ptl-report``'s paired bootstrap) are kept for ``results.json``."""
         values = metric.compute()
         with metric.sync_context():
-            self.confusion[split] = metric.confusion.long().tolist()
+            self.confusion[split] = metric.confusion()
+            if split == "test":
+                self.test_examples = metric.examples()
         metric.reset()
         self.log_dict({f"{split}/{k}": v for k, v in values.items()}, prog_bar=split == "dev")

@@ -86,6 +86,7 @@ def run_job(cfg: DictConfig, out: Path, started: float) -> dict:
         "steps": trainer.global_step,
         "labels": data.labels,
         "confusion": module.confusion,  # per split, rows: gold label, columns: predicted
+        "test_examples": module.test_examples,  # per test example: prediction, gold, ...
     }
     write_results(out / RESULTS, results)
     print_task(results)
