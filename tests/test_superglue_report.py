@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from ptuning_lightning.cli import report as main
+from ptuning_lightning.superglue.report import score_samples
 
 
 def write_run(folder, task: str, method: str, seed: int, test: dict) -> None:
@@ -48,3 +51,96 @@ def test_superglue_csv_counts_seeds_per_task(tmp_path):
     csv = (tmp_path / "report" / "superglue.csv").read_text().splitlines()
     assert csv[1] == "tiny,ptuning,50.00,50.00,50.00,3,1"
     assert "| tiny | ptuning | 3 (CB), 1 (RTE) |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def write_examples(folder, task, method, seed, labels, preds, **extra) -> None:
+    """A results.json with per-example test records, its metrics computed here by hand."""
+    folder.mkdir(parents=True)
+    n = len(labels)
+    acc = sum(p == g for p, g in zip(preds, labels, strict=True)) / n
+    f1s = []
+    for c in range(3):
+        tp = sum(p == g == c for p, g in zip(preds, labels, strict=True))
+        f1s.append(2 * tp / max(preds.count(c) + labels.count(c), 1))
+    test = {"acc": acc, "f1": sum(f1s) / 3, "score": (acc + sum(f1s) / 3) / 2}
+    run = {
+        "status": "done",
+        "task": task,
+        "method": method,
+        "backbone": "tiny",
+        "seed": seed,
+        "splits": {"dev": "dev32", "test": "val"},
+        "labels": ["entailment", "contradiction", "neutral"],
+        "dev": test,
+        "test": test,
+        "test_examples": {"index": list(range(n)), "pred": preds, "label": labels},
+        **extra,
+    }
+    (folder / "results.json").write_text(json.dumps(run))
+
+
+CB_GOLD = [0] * 20 + [1] * 15 + [2] * 5
+
+
+def test_paired_bootstrap_marks_best_and_noise(tmp_path):
+    """Manual gets all 40 right, P-Tuning's two seeds miss one each (within noise of it), the
+    prior answers label 0 everywhere: acc 0.5, F1 (2*20/60)/3, score 0.3611 (far below)."""
+    write_examples(tmp_path / "m", "CB", "manual", 34, CB_GOLD, list(CB_GOLD))
+    for seed, miss in ((1, 0), (2, 30)):
+        preds = list(CB_GOLD)
+        preds[miss] = 2
+        write_examples(tmp_path / f"p{seed}", "CB", "ptuning", seed, CB_GOLD, preds)
+    write_examples(tmp_path / "prior", "CB", "prior", 34, CB_GOLD, [0] * 40)
+    main([str(tmp_path), "--out", str(tmp_path / "report")])
+    text = (tmp_path / "report" / "report.md").read_text()
+    table = [line for line in text.splitlines() if line.startswith("| tiny |")]
+    assert [line.split(" | ")[1] for line in table[:3]] == ["prior", "manual", "ptuning"]
+    assert table[0].startswith("| tiny | prior | 1 | 50.0/22.2 [")  # one seed: an interval
+    assert "| tiny | manual | 1 | 100.0/100.0 [100.0, 100.0] (best) |" in text
+    assert "ptuning | 2 | 97.5/" in table[2] and "≈" in table[2]
+    paired = (tmp_path / "report" / "superglue_paired.csv").read_text().splitlines()
+    prior_manual = next(line for line in paired if line.startswith("tiny,prior,manual,CB,"))
+    assert prior_manual.split(",")[4] == f"{100 * (0.5 + 2 / 9) / 2 - 100:.2f}"  # -63.89
+    assert prior_manual.endswith(",False")
+    assert next(line for line in paired if "manual,ptuning,CB" in line).endswith(",True")
+
+
+def test_rows_split_by_setting_and_cost_table(tmp_path):
+    """Two P-Tuning templates are two rows, labelled by the setting, not two seeds; the cost
+    table gives each job's seconds and peak memory."""
+    for template in (0, 1):
+        write_examples(
+            tmp_path / f"t{template}",
+            "CB",
+            "ptuning",
+            34,
+            CB_GOLD,
+            list(CB_GOLD),
+            steps=16,
+            seconds=12.4,
+            peak_memory_mib={"host": 2048.0, "gpu": None},
+            config={"seed": 34, "task": {"template_id": template}},
+        )
+    main([str(tmp_path), "--out", str(tmp_path / "report")])
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| tiny | ptuning | task.template_id=0 | 1 |" in text
+    assert "| tiny | ptuning | task.template_id=1 | 1 |" in text
+    assert "| tiny | ptuning (task.template_id=1) | 12 s, 2.0 GiB |" in text
+    cost = (tmp_path / "report" / "superglue_cost.csv").read_text().splitlines()
+    assert cost[1] == "tiny,ptuning (task.template_id=0),CB,1,12,2048,"
+
+
+def test_multirc_bootstrap_resamples_questions():
+    """MultiRC's EM is per question, so its bootstrap draws questions: 4 questions of 3
+    options, 2 all right, give EM samples in quarters only (options drawn singly would not)."""
+    labels = [1, 0, 0] * 4
+    preds = [1, 0, 0] * 2 + [0, 0, 0] * 2
+    groups = [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    run = {
+        "test": {"em": 0.5, "score": 0.5},
+        "labels": ["false", "true"],
+        "test_examples": {"pred": preds, "label": labels, "group": groups},
+    }
+    samples = score_samples("MultiRC", run)
+    assert set(np.round(samples * 4, 6)) <= {0.0, 1.0, 2.0, 3.0, 4.0}
+    assert len(set(samples.tolist())) > 1 and abs(samples.mean() - 0.5) < 0.05

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -86,3 +87,63 @@ def test_experiment_configs_compose(tmp_path, compose_cfg, experiment):
     cfg = compose_cfg("train", tmp_path, [f"experiment={experiment}", "task=cb"])
     assert cfg.task.train.max_steps > 0 and cfg.task.train.eval_every > 0
     assert cfg.group == experiment
+
+
+@pytest.mark.parametrize(("task", "folder"), [("cb", "CB"), ("multirc", "MultiRC")])
+def test_prior_answers_the_majority_training_label(tmp_path, compose_cfg, task, folder):
+    """prompt=prior: every test answer is the label most frequent in train.jsonl (counted
+    here from the files), and test accuracy is that label's share of the test examples."""
+
+    def labels(split: str) -> list[str]:
+        rows = [json.loads(line) for line in (FEWGLUE / folder / f"{split}.jsonl").open()]
+        if folder == "MultiRC":  # one decision per answer option
+            return [
+                str(answer["label"]).lower()
+                for row in rows[:3]
+                for question in row["passage"]["questions"]
+                for answer in question["answers"]
+            ]
+        return [str(row["label"]).lower() for row in rows[:8]]
+
+    cfg = compose_cfg(
+        "train",
+        tmp_path,
+        [
+            "backbone=tiny-gpt2",
+            "prompt=prior",
+            f"task={task}",
+            f"task.test_limit={3 if folder == 'MultiRC' else 8}",
+        ],
+    )
+    run(cfg)
+    results = json.loads((tmp_path / "results.json").read_text())
+    train = [json.loads(line) for line in (FEWGLUE / folder / "train.jsonl").open()]
+    if folder == "MultiRC":
+        counts = Counter(
+            str(a["label"]).lower()
+            for row in train
+            for q in row["passage"]["questions"]
+            for a in q["answers"]
+        )
+    else:
+        counts = Counter(str(row["label"]).lower() for row in train)
+    top = max(counts.values())
+    majority = next(label for label in results["labels"] if counts[label] == top)
+    test = labels("val")
+    predicted = {results["labels"][p] for p in results["test_examples"]["pred"]}
+    assert predicted == {majority} and results["steps"] == 0
+    assert len(results["test_examples"]["label"]) == len(test)
+    if folder == "CB":
+        assert results["test"]["acc"] == pytest.approx(test.count(majority) / len(test))
+    else:  # most options are wrong (label 0); F1a's positive class is 1, so it is 0
+        assert results["labels"].index(majority) == 0 and results["test"]["f1a"] == 0.0
+
+
+def test_prior_refuses_a_task_without_fixed_labels(tmp_path, compose_cfg):
+    cfg = compose_cfg(
+        "train",
+        tmp_path,
+        ["backbone=tiny-gpt2", "prompt=prior", "task=record", "task.test_limit=2"],
+    )
+    with pytest.raises(ValueError, match="prompt=prior needs a task with fixed labels.*ReCoRD"):
+        run(cfg)

@@ -16,7 +16,9 @@ from ptuning_lightning.lama.report import MACRO_CSV, PAIRED_CSV, RELATIONS_CSV, 
 from ptuning_lightning.launch.config import CONFIG_DIR
 from ptuning_lightning.reporting import REPORT_MD, load_runs, task_family
 from ptuning_lightning.superglue.report import (
+    SUPERGLUE_COST_CSV,
     SUPERGLUE_CSV,
+    SUPERGLUE_PAIRED_CSV,
     superglue_only_report,
     write_superglue,
 )
@@ -58,7 +60,8 @@ def report(argv: list[str] | None = None) -> None:
     lama = [r for r in runs if task_family(r) == "lama"]
     if glue and not lama:
         print(superglue_only_report(glue, problems, out))
-        print(f"Wrote {out}/: {REPORT_MD}, {SUPERGLUE_CSV}")
+        written = (REPORT_MD, SUPERGLUE_CSV, SUPERGLUE_PAIRED_CSV, SUPERGLUE_COST_CSV)
+        print(f"Wrote {out}/: {', '.join(written)}")
         return
     text = write_report(tables(lama), problems, out)
     if glue:  # both kinds of runs: the SuperGLUE table follows the LAMA report

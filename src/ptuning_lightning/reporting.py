@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
@@ -16,6 +17,46 @@ from statistics import mean, stdev
 import yaml
 
 REPORT_MD = "report.md"
+
+# Config keys that never make two runs different settings: the seed, where files go, how the
+# job is run and logged, and which relations it covered (rows over different relation sets
+# are flagged in the notes instead).
+NOT_A_SETTING = (
+    "seed",
+    "task.seed",
+    "task.relation",
+    "task_name",
+    "group",
+    "tags",
+    "resume",
+    "run_name",
+    "run_dir",
+    "paths.",
+    "hydra.",
+    "logger",
+    "execution.",
+    "encoder._target_",  # the encoder column
+    "prompt._target_",  # the method's class: the method column (older runs lack the key)
+    "callbacks.progress_bar",
+    "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "task.eval_batch_size",
+    "task.num_workers",
+    "task.sort_eval_by_length",
+)
+# What does not matter for a method that trains nothing (manual, discrete, prior, exported).
+TRAINING_ONLY = (
+    "encoder.",
+    "optimizer.",
+    "scheduler.",
+    "trainer.",
+    "callbacks.",
+    "ties_improve",
+    "task.batch_size",
+    "task.group_by_length",
+    "multi_relation",
+)
 
 
 # Encoder class name (results.json "encoder") -> its conf/encoder/ name.
@@ -30,6 +71,65 @@ class Problem:
     status: str  # "failed" (results.json says so) or "missing" (a job folder without one)
     what: str  # backbone / method / seed, or the job's Hydra overrides
     error: str
+
+
+@dataclass(frozen=True, order=True)
+class RowKey:
+    backbone: str
+    method: str
+    encoder: str = ""  # "" unless the table is split by encoder and the method uses one
+    setting: tuple[tuple[str, str], ...] = ()  # config values in which this row's runs differ
+
+    def details(self) -> str:
+        return "; ".join(
+            [self.encoder] * bool(self.encoder) + [f"{k}={v}" for k, v in self.setting]
+        )
+
+    def label(self) -> str:
+        return f"{self.method} ({self.details()})" if self.details() else self.method
+
+
+def flat_config(run: dict, trains: bool) -> dict[str, str]:
+    """The run's resolved config as dotted keys -> values (as text), less what never makes a
+    setting (``NOT_A_SETTING``), and less training keys for a run that trains nothing."""
+    flat: dict[str, str] = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            # text as it is, the rest as the config spells it (null, true, 0.0003, [a, b])
+            flat[prefix[:-1]] = node if isinstance(node, str) else json.dumps(node)
+
+    walk(run.get("config") or {}, "")
+    skip = NOT_A_SETTING + (() if trains else TRAINING_ONLY)
+    return {
+        k: v
+        for k, v in flat.items()
+        if not k.endswith(".dirpath")  # where checkpoints go: a path per job
+        and not any(k == s or k.startswith(s) for s in skip)
+    }
+
+
+def settings(
+    runs: list[dict], group_of: Callable[[dict], tuple], trains: Callable[[dict], bool]
+) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Each run's (path's) setting: the config values in which the runs of its group differ
+    (LAMA: backbone and method; SuperGLUE: also the task, whose own settings differ from
+    task to task), so that runs of one row differ in the seed only. ``trains``: whether a
+    run trained anything (training settings do not split runs that did not)."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(group_of(run), []).append(run)
+    out = {}
+    for group in groups.values():
+        flats = {run["path"]: flat_config(run, trains(run)) for run in group}
+        keys = sorted({k for flat in flats.values() for k in flat})
+        differing = [k for k in keys if len({flat.get(k) for flat in flats.values()}) > 1]
+        for path, flat in flats.items():
+            out[path] = tuple((k, flat.get(k, "—")) for k in differing)
+    return out
 
 
 def load_runs(dirs: list[str | Path]) -> tuple[list[dict], list[Problem]]:
@@ -152,3 +252,12 @@ def cell(text: str, limit: int = 200) -> str:
 def task_family(run: dict) -> str:
     """``lama`` (per-relation results) or ``superglue`` (one task's)."""
     return "superglue" if "task" in run and "relations" not in run else "lama"
+
+
+def within_noise(difference: tuple[float, float, float]) -> bool:
+    """A difference whose 95% interval holds zero."""
+    return difference[1] <= 0 <= difference[2]
+
+
+def plus_minus(mean_: float | None, std: float | None) -> str:
+    return percent(mean_, 1) + (f" ± {percent(std, 1)}" if std is not None else "")

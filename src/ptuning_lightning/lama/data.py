@@ -21,7 +21,9 @@ from lightning.pytorch import LightningDataModule
 
 from ptuning_lightning.data.batching import SplitLoaders
 from ptuning_lightning.data.jsonl import DataError, read_jsonl, read_jsonl_lines
+from ptuning_lightning.lama.module import PriorModule
 from ptuning_lightning.lama.uhn import SUBSETS, TopWords, uhn_filter
+from ptuning_lightning.prompting.backbones import Backbone
 from ptuning_lightning.prompting.templates import Template, TemplateTokenizer
 
 log = logging.getLogger(__name__)
@@ -192,6 +194,11 @@ class LamaDataModule(SplitLoaders, LightningDataModule):
         for split in SPLITS:
             path = self.data_root / "trex" / self.relation / f"{split}.jsonl"
             self.datasets[split] = self._encode(path, split, index)
+
+    def prior_module(self, backbone: Backbone) -> PriorModule:
+        """``prompt=prior``'s module: the relation's training objects, counted."""
+        targets = [example["target_index"] for example in self.datasets["train"]]
+        return PriorModule(backbone, self.candidate_ids, targets)
 
     def _candidates(self) -> tuple[torch.Tensor, dict[int, int]]:
         words = vocabulary(str(self.data_root), self.vocab, self.vocab_key)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from ptuning_lightning.lama.autoprompt import AutoPromptModule
 from ptuning_lightning.lama.data import LamaDataModule
 from ptuning_lightning.lama.discrete import published_templates
-from ptuning_lightning.lama.module import PriorModule
 from ptuning_lightning.prompting.backbones import Backbone
 from ptuning_lightning.prompting.methods import (
     Prompt,
@@ -43,20 +42,6 @@ class Discrete(PromptMethod):
             target.data_root, self.source, target.name, causal, self.top_k
         )
         return Prompt(templates, weights) if self.top_k > 1 else Prompt(templates[0])
-
-
-class Prior(PromptMethod):
-    """Every fact gets its relation's most frequent training object, with no model call."""
-
-    families = ("lama",)
-
-    @property
-    def one_pass(self) -> bool:
-        return False
-
-    def module(self, backbone: Backbone, data: LamaDataModule, seed: int) -> PriorModule:
-        targets = [example["target_index"] for example in data.datasets["train"]]
-        return PriorModule(backbone, data.candidate_ids, targets)
 
 
 class AutoPrompt(PromptMethod):

@@ -19,7 +19,6 @@ sorted rows, fixed float formats, no timestamps.
 
 from __future__ import annotations
 
-import json
 import re
 import zlib
 from collections import Counter
@@ -34,59 +33,24 @@ from matplotlib.figure import Figure
 from ptuning_lightning.reporting import (
     REPORT_MD,
     Problem,
+    RowKey,
     encoder_name,
     markdown_problems,
     markdown_table,
     mean_std,
     natural,
     percent,
+    plus_minus,
+    settings,
     to_csv,
     uses_encoder,
+    within_noise,
 )
 
 MACRO_CSV = "table1_macro.csv"
 RELATIONS_CSV = "table2_relations.csv"
 PAIRED_CSV = "paired_bootstrap.csv"
 BOOTSTRAP_SAMPLES = 2000  # resamples for intervals (seeded: reports stay byte-identical)
-# Config keys that never make two runs different settings: the seed, where files go, how the
-# job is run and logged, and which relations it covered (rows over different relation sets
-# are flagged in the notes instead).
-NOT_A_SETTING = (
-    "seed",
-    "task.seed",
-    "task.relation",
-    "task_name",
-    "group",
-    "tags",
-    "resume",
-    "run_name",
-    "run_dir",
-    "paths.",
-    "hydra.",
-    "logger",
-    "execution.",
-    "encoder._target_",  # the encoder column
-    "prompt._target_",  # the method's class: the method column (older runs lack the key)
-    "callbacks.progress_bar",
-    "trainer.default_root_dir",
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-    "task.eval_batch_size",
-    "task.num_workers",
-    "task.sort_eval_by_length",
-)
-# What does not matter for a method that trains nothing (manual, discrete, prior, exported).
-TRAINING_ONLY = (
-    "encoder.",
-    "optimizer.",
-    "scheduler.",
-    "trainer.",
-    "callbacks.",
-    "ties_improve",
-    "task.batch_size",
-    "task.group_by_length",
-    "multi_relation",
-)
 RELATIONS_PNG = "per_relation.png"
 ENCODERS_PNG = "encoders.png"
 SEEN_UNSEEN_PNG = "seen_unseen.png"
@@ -116,27 +80,6 @@ PNG_METADATA = {"Software": None}
 
 
 # --- tables ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, order=True)
-class RowKey:
-    backbone: str
-    method: str
-    encoder: str = ""  # "" unless the table is split by encoder and the method uses one
-    setting: tuple[tuple[str, str], ...] = ()  # config values in which this row's runs differ
-
-    def details(self) -> str:
-        return "; ".join(
-            [self.encoder] * bool(self.encoder) + [f"{k}={v}" for k, v in self.setting]
-        )
-
-    def label(self) -> str:
-        return f"{self.method} ({self.details()})" if self.details() else self.method
-
-    def paper_label(self) -> str:
-        """The label under the paper's method name ("P-Tuning (lstm)")."""
-        name = method_label(self.method)
-        return f"{name} ({self.details()})" if self.details() else name
 
 
 @dataclass
@@ -207,11 +150,16 @@ class Tables:
     by_encoder: bool  # P-Tuning runs used several encoders: rows are split by encoder
 
 
+def lama_trains(run: dict) -> bool:
+    """Whether the run trained anything (its relations record epochs)."""
+    return any("epochs" in r for r in (run.get("relations") or {}).values())
+
+
 def tables(runs: list[dict]) -> Tables:
     """Group runs into rows: backbone x method (x encoder when P-Tuning runs differ in it) x
     the config values in which runs of that backbone and method differ (``settings``)."""
     by_encoder = len({encoder_name(run) for run in runs if uses_encoder(run)}) > 1
-    setting = settings(runs)
+    setting = settings(runs, lambda run: (run["backbone"], run["method"]), lama_trains)
     rows: dict[RowKey, Row] = {}
     for run in sorted(
         runs, key=lambda run: (run.get("seed") is None, run.get("seed"), run["path"])
@@ -224,51 +172,17 @@ def tables(runs: list[dict]) -> Tables:
     return Tables(relations, [rows[key] for key in order], by_encoder)
 
 
-def flat_config(run: dict) -> dict[str, str]:
-    """The run's resolved config as dotted keys -> values (as text), less what never makes a
-    setting (``NOT_A_SETTING``), and less training keys for a run that trains nothing."""
-    flat: dict[str, str] = {}
-
-    def walk(node: object, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            # text as it is, the rest as the config spells it (null, true, 0.0003, [a, b])
-            flat[prefix[:-1]] = node if isinstance(node, str) else json.dumps(node)
-
-    walk(run.get("config") or {}, "")
-    trains = any("epochs" in r for r in (run.get("relations") or {}).values())
-    skip = NOT_A_SETTING + (() if trains else TRAINING_ONLY)
-    return {
-        k: v
-        for k, v in flat.items()
-        if not k.endswith(".dirpath")  # where checkpoints go: a path per job
-        and not any(k == s or k.startswith(s) for s in skip)
-    }
-
-
-def settings(runs: list[dict]) -> dict[str, tuple[tuple[str, str], ...]]:
-    """Each run's (path's) setting: the config values in which the runs of its backbone and
-    method differ, so that runs of one row differ in the seed only."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for run in runs:
-        groups.setdefault((run["backbone"], run["method"]), []).append(run)
-    out = {}
-    for group in groups.values():
-        flats = {run["path"]: flat_config(run) for run in group}
-        keys = sorted({k for flat in flats.values() for k in flat})
-        differing = [k for k in keys if len({flat.get(k) for flat in flats.values()}) > 1]
-        for path, flat in flats.items():
-            out[path] = tuple((k, flat.get(k, "—")) for k in differing)
-    return out
-
-
 def method_order(method: str) -> tuple[int, str]:
     """Sort key: the paper's rows first, in its order (an ensemble after its source)."""
     base = re.sub(r"_top\d+$", "", method)
     order = list(PAPER_METHODS)
     return (order.index(base) if base in order else len(order), method)
+
+
+def paper_label(key: RowKey) -> str:
+    """A row's label under the paper's method name ("P-Tuning (lstm)")."""
+    name = method_label(key.method)
+    return f"{name} ({key.details()})" if key.details() else name
 
 
 def method_label(method: str) -> str:
@@ -345,11 +259,6 @@ class Bootstrap:
         )
         low, high = np.percentile(first - second, [2.5, 97.5]).tolist()
         return point, low, high
-
-
-def within_noise(difference: tuple[float, float, float]) -> bool:
-    """A difference whose 95% interval holds zero."""
-    return difference[1] <= 0 <= difference[2]
 
 
 def paired(t: Tables, boot: Bootstrap) -> list[tuple[Row, Row, str, tuple[float, float, float]]]:
@@ -465,11 +374,11 @@ def side_by_side(t: Tables, boot: Bootstrap | None = None) -> tuple[list[str], l
     """The paper's shape: one row per backbone, one column per method (macro test P@1, %);
     "≈" marks a method within noise of the backbone's best (paired bootstrap)."""
     boot = boot or Bootstrap()
-    columns = list(dict.fromkeys(row.key.paper_label() for row in t.rows))
+    columns = list(dict.fromkeys(paper_label(row.key) for row in t.rows))
     cells: dict[tuple[str, str], str] = {}
     for row in t.rows:
         mark = {"best": " (best)", "noise": " ≈", "below": ""}[versus_best(t, row, boot)]
-        cells[(row.key.backbone, row.key.paper_label())] = cell_text(row, boot) + mark
+        cells[(row.key.backbone, paper_label(row.key))] = cell_text(row, boot) + mark
     backbones = list(dict.fromkeys(row.key.backbone for row in t.rows))
     rows = [[b, *(cells.get((b, c), "—") for c in columns)] for b in backbones]
     return ["backbone", *columns], rows
@@ -588,10 +497,6 @@ def prior_notes(t: Tables) -> list[str]:
     ]
 
 
-def plus_minus(mean_: float | None, std: float | None) -> str:
-    return percent(mean_, 1) + (f" ± {percent(std, 1)}" if std is not None else "")
-
-
 def markdown(
     t: Tables, problems: list[Problem], plots: Sequence[str] = (), boot: Bootstrap | None = None
 ) -> str:
@@ -697,7 +602,7 @@ def plot_seen_unseen(t: Tables) -> Figure | None:
         labels = []
         for row in panel:
             n_seen, n_unseen = row.split("seen")[2], row.split("unseen")[2]
-            name = row.key.paper_label().replace(" (", "\n(").replace("; ", "\n")
+            name = paper_label(row.key).replace(" (", "\n(").replace("; ", "\n")
             labels.append(f"{name}\nn={n_seen} / {n_unseen}")
         ax.set_xticks(range(len(panel)), labels, fontsize="small")
         ax.set_xlabel("n: seen / unseen test facts")

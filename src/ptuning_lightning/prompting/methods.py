@@ -112,6 +112,24 @@ class PromptMethod:
         return None
 
 
+class Prior(PromptMethod):
+    """The training prior: every example gets the answer most frequent in training (a LAMA
+    relation's most frequent object, a SuperGLUE task's majority label), with no model call.
+    The floor a learned prompt must beat. Each family's data module builds it
+    (``prior_module``): it holds the training answers."""
+
+    uses_pseudo_tokens = False
+
+    @property
+    def one_pass(self) -> bool:
+        return False
+
+    def module(
+        self, backbone: Backbone, data: LightningDataModule, seed: int
+    ) -> LightningModule | None:
+        return data.prior_module(backbone)
+
+
 class Manual(PromptMethod):
     """MP: the task's manual template (or ``prompt.template``), evaluated as it is."""
 

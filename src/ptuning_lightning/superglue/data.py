@@ -19,9 +19,11 @@ from lightning.pytorch import LightningDataModule
 
 from ptuning_lightning.data.batching import SplitLoaders
 from ptuning_lightning.data.jsonl import DataError, read_jsonl_lines
+from ptuning_lightning.prompting.backbones import Backbone
 from ptuning_lightning.prompting.templates import Template, TemplateTokenizer, slot_names
 from ptuning_lightning.superglue.collate import collate_candidates
 from ptuning_lightning.superglue.metrics import exact_match, token_f1
+from ptuning_lightning.superglue.module import PriorModule
 from ptuning_lightning.superglue.views import candidate_views
 
 log = logging.getLogger(__name__)
@@ -196,6 +198,17 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
         }
         log.info("%s %s (%s): %s", self.folder, split, path.name, self.stats[split])
         return examples
+
+    def prior_module(self, backbone: Backbone) -> PriorModule:
+        """``prompt=prior``'s module: the majority training label (a task with fixed labels;
+        ReCoRD's candidates are each record's own entities, so it has none)."""
+        if not self.labels:
+            raise ValueError(
+                f"prompt=prior needs a task with fixed labels (it answers the most frequent "
+                f"training label), not {self.folder}"
+            )
+        train = [example["label"] for example in self.datasets["train"]]
+        return PriorModule(backbone, self.metrics, len(self.labels), train)
 
     def collate_fn(self):
         return functools.partial(collate_candidates, pad_id=self.pad_id, score=self.label_score)

@@ -1,9 +1,10 @@
 """SuperGLUE metrics as one torchmetrics state that is exact under DDP.
 
 The state is one record per example (prediction, gold label, question, the chosen
-candidate's ReCoRD EM/F1), concatenated across ranks; every metric is computed from it at
-``compute`` by ``task_scores``, which ``ptl-report``'s bootstrap also uses. Padding copies
-(see ``data.batching.EvalShardSampler``) are left out, so a DDP run counts every example once.
+candidate's ReCoRD EM/F1), concatenated across ranks. Every metric is computed from it at
+``compute`` by ``cluster_counts`` and ``scores_from_counts``, which ``ptl-report``'s
+bootstrap also uses. Padding copies (see ``data.batching.EvalShardSampler``) are left out,
+so a DDP run counts every example once.
 
 Definitions follow SuperGLUE: CB's F1 is the unweighted mean of the per-class F1; MultiRC's
 F1a is the F1 of the "true" class over all answer options and its EM the share of questions
@@ -42,8 +43,7 @@ def token_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def task_scores(
-    names: tuple[str, ...],
+def cluster_counts(
     n_classes: int,
     pred: torch.Tensor,
     label: torch.Tensor,
@@ -51,42 +51,55 @@ def task_scores(
     em: torch.Tensor,
     f1: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """The metrics ``names`` and their mean ``score`` from per-example tensors: the predicted
-    and gold candidate, the question (``group``: MultiRC) and the chosen candidate's EM and F1
-    (ReCoRD). ``SuperGlueMetric`` computes with it, and ``ptl-report``'s bootstrap over
-    resampled examples too, so both use one definition."""
-    total = max(pred.numel(), 1)
-    hit = pred == label
-    values = {"acc": hit.double().sum() / total}
-    if "f1" in names or "f1a" in names:
-        matrix = confusion_matrix(pred, label, n_classes).double()  # rows: gold, cols: pred
-        per_class = 2 * matrix.diag() / (matrix.sum(0) + matrix.sum(1)).clamp(min=1e-12)
-        values["f1"] = per_class.mean()
-        values["f1a"] = per_class[1] if n_classes > 1 else per_class[0]
-    values["record_em"], values["record_f1"] = em.double().sum() / total, f1.double().sum() / total
-    if "em" in names:
-        values["em"] = question_em(group, hit)
+    """Per cluster (a MultiRC question: its ``group``; otherwise each example) the counts
+    every metric is made of, each (clusters, ...): examples, right predictions, the chosen
+    candidates' EM and F1 (ReCoRD), per class true positives, predictions and gold labels
+    (over the fixed labels), and whether all of the cluster's examples are right. Summed
+    over all clusters they give the metrics (``scores_from_counts``); summed over resampled
+    clusters, a bootstrap sample of them (``ptl-report``)."""
+    if group.numel() == 0 or bool((group < 0).any()):
+        group = torch.arange(pred.numel(), device=pred.device)
+    _, cluster = group.unique(return_inverse=True)
+    n_clusters = int(cluster.max()) + 1 if cluster.numel() else 0
+    hit = (pred == label).double()
+    classes = torch.arange(n_classes, device=pred.device)
+    per_example = {
+        "n": torch.ones_like(hit),
+        "hit": hit,
+        "em": em.double(),
+        "f1": f1.double(),
+        "tp": ((pred == label)[:, None] & (pred[:, None] == classes)).double(),
+        "pred": (pred[:, None] == classes).double(),
+        "gold": (label[:, None] == classes).double(),
+    }
+    counts = {
+        key: torch.zeros(
+            n_clusters, *value.shape[1:], dtype=torch.float64, device=pred.device
+        ).index_add_(0, cluster, value)
+        for key, value in per_example.items()
+    }
+    counts["all_right"] = (counts["hit"] == counts["n"]).double()
+    return counts
+
+
+def scores_from_counts(names: tuple[str, ...], totals: dict[str, torch.Tensor]) -> dict:
+    """The metrics ``names`` and their mean ``score`` from ``cluster_counts`` summed over
+    clusters (any leading shape: one total, or one per bootstrap sample), plus ``clusters``
+    (how many were summed). CB's F1 is the unweighted mean of the per-class F1, MultiRC's
+    F1a the F1 of class 1 ("true") and its EM the share of questions all right."""
+    n = totals["n"].clamp(min=1)
+    per_class = 2 * totals["tp"] / (totals["pred"] + totals["gold"]).clamp(min=1e-12)
+    values = {
+        "acc": totals["hit"] / n,
+        "f1": per_class.mean(-1),
+        "f1a": per_class[..., min(1, per_class.size(-1) - 1)],
+        "em": totals["all_right"] / totals["clusters"].clamp(min=1),
+        "record_em": totals["em"] / n,
+        "record_f1": totals["f1"] / n,
+    }
     chosen = {k: values[k].float() for k in names}
-    chosen[TASK_SCORE] = torch.stack(list(chosen.values())).mean()
+    chosen[TASK_SCORE] = torch.stack(list(chosen.values())).mean(0)
     return chosen
-
-
-def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """[gold][predicted] counts over the examples whose gold and prediction are among the
-    ``n_classes`` fixed labels (a ReCoRD record's candidates are not)."""
-    fixed = (pred < n_classes) & (label < n_classes)
-    index = label[fixed] * n_classes + pred[fixed]
-    return torch.bincount(index, minlength=n_classes**2).view(n_classes, n_classes)
-
-
-def question_em(group: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
-    """MultiRC's EM: the share of questions (``group``) whose answer options are all right."""
-    if group.numel() == 0:
-        return torch.tensor(0.0, dtype=torch.float64)
-    _, inverse = group.unique(return_inverse=True)
-    wrong = torch.zeros(int(inverse.max()) + 1, device=group.device)
-    wrong.index_add_(0, inverse, (~hit).float())
-    return (wrong == 0).double().mean()
 
 
 class SuperGlueMetric(Metric):
@@ -95,8 +108,8 @@ class SuperGlueMetric(Metric):
 
     The state is one entry per example (its ``index`` in the split, prediction, gold label,
     question and chosen candidate's EM/F1), concatenated across DDP ranks: the metrics follow
-    from it (``task_scores``), and so do the per-example records of ``results.json``
-    (``examples``), from which ``ptl-report`` bootstraps its intervals."""
+    from it (``cluster_counts``, ``scores_from_counts``), and so do the per-example records
+    of ``results.json`` (``examples``), from which ``ptl-report`` bootstraps its intervals."""
 
     full_state_update = False
     KNOWN = ("acc", "f1", "f1a", "em", "record_em", "record_f1")
@@ -142,15 +155,20 @@ class SuperGlueMetric(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         s = self.state()
-        group = s["group"] if "em" in self.names else s["group"][:0]
-        return task_scores(
-            self.names, self.n_classes, s["pred"], s["label"], group, s["em"], s["f1"]
-        )
+        group = s["group"] if "em" in self.names else s["group"][:0]  # MultiRC's questions
+        counts = cluster_counts(self.n_classes, s["pred"], s["label"], group, s["em"], s["f1"])
+        totals = {key: value.sum(0) for key, value in counts.items()}
+        totals["clusters"] = torch.tensor(float(len(counts["n"])))
+        return scores_from_counts(self.names, totals)
 
     def confusion(self) -> list[list[int]]:
-        """[gold][predicted] counts over the fixed labels."""
+        """[gold][predicted] counts over the fixed labels (a ReCoRD record's candidates are
+        not: those examples are left out)."""
         s = self.state()
-        return confusion_matrix(s["pred"], s["label"], self.n_classes).tolist()
+        fixed = (s["pred"] < self.n_classes) & (s["label"] < self.n_classes)
+        index = s["label"][fixed] * self.n_classes + s["pred"][fixed]
+        matrix = torch.bincount(index, minlength=self.n_classes**2)
+        return matrix.view(self.n_classes, self.n_classes).tolist()
 
     def examples(self) -> dict[str, list]:
         """Per example, in split order: ``index``, ``pred`` and ``label`` (candidate indices),

@@ -97,3 +97,22 @@ class CandidateModule(PromptedModule):
                 self.test_examples = metric.examples()
         metric.reset()
         self.log_dict({f"{split}/{k}": v for k, v in values.items()}, prog_bar=split == "dev")
+
+
+class PriorModule(CandidateModule):
+    """The training prior (``prompt=prior``): every example gets the label most frequent
+    among the training examples (ties: the first label), with no model call. The majority
+    baseline of the FewGLUE table: what a classifier reaches without reading the input."""
+
+    def __init__(
+        self, backbone: Backbone, metrics: tuple[str, ...], n_classes: int, train: list[int]
+    ) -> None:
+        """``train``: every training example's gold label index."""
+        super().__init__(backbone, metrics, n_classes)
+        counts = torch.bincount(torch.tensor(train), minlength=n_classes)
+        self.majority = int(counts.argmax())  # argmax keeps the first of tied labels
+
+    def scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        scores = torch.zeros(batch["label"].numel(), batch["candidate_weight"].size(1))
+        scores[:, self.majority] = 1.0
+        return scores.to(batch["label"].device)

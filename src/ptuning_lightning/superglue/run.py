@@ -121,7 +121,7 @@ def build_task(
         if data.template.n_prompt
         else None
     )
-    module = CandidateModule(
+    module = method.module(backbone, data, cfg.seed) or CandidateModule(
         backbone,
         data.metrics,
         len(data.labels) if data.labels else 2,
