@@ -12,6 +12,7 @@ from ptuning_lightning.job import run
 from ptuning_lightning.launch.config import ROOT
 from ptuning_lightning.superglue.collate import collate_candidates
 from ptuning_lightning.superglue.module import CandidateModule
+from ptuning_lightning.superglue.tasks.copa import COPADataModule
 from ptuning_lightning.superglue.tasks.rte import RTEDataModule
 
 FEWGLUE = ROOT / "data" / "fewglue"
@@ -147,3 +148,57 @@ def test_prior_refuses_a_task_without_fixed_labels(tmp_path, compose_cfg):
     )
     with pytest.raises(ValueError, match="prompt=prior needs a task with fixed labels.*ReCoRD"):
         run(cfg)
+
+
+def test_choice_head_reads_each_candidate_written_into_the_input(backbone):
+    """Fine-tuning's multiple-choice head (COPA): an alternative's score is the classifier on
+    a plain forward's last hidden state of the text with the alternative in [Y]'s place, read
+    at its last token (causal LM) or at the first token (masked LM)."""
+    data = COPADataModule(backbone.tokenizer, backbone.kind, str(FEWGLUE), manual=True, head=True)
+    path = FEWGLUE / "COPA" / "train.jsonl"
+    examples = data.encode_file(path, "train", limit=3)
+    batch = collate_candidates(examples, backbone.tokenizer.pad_token_id)
+    module = CandidateModule(backbone, ("acc",), 2, head="choices")
+    with torch.no_grad():
+        scores = module.scores(batch)
+    assert scores.shape == (3, 2)
+    for b, line in enumerate(path.read_text().splitlines()[:3]):
+        (item,) = data.items(json.loads(line), "test")
+        tokens = [data.template_tokenizer.answer_ids(c) for c in item.candidates]
+        reserve = max(map(len, tokens)) - (backbone.kind == "masked")
+        encoded = data.template_tokenizer.encode(item.inputs, reserve=reserve)
+        ids, at = encoded.input_ids, encoded.answer_position
+        for c, cand in enumerate(tokens):
+            if backbone.kind == "causal":
+                sequence, read = ids + cand, len(ids) + len(cand) - 1
+            else:
+                sequence, read = ids[:at] + cand + ids[at + 1 :], 0
+            with torch.no_grad():
+                out = backbone.model(input_ids=torch.tensor([sequence]), output_hidden_states=True)
+                expected = module.classifier(out.hidden_states[-1][0, read]).item()
+            assert scores[b, c].item() == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize(("task", "records"), [("copa", 8), ("record", 2)])
+def test_finetune_on_choice_tasks(tmp_path, compose_cfg, task, records):
+    """COPA and ReCoRD have no label words: fine-tuning trains the backbone and a
+    multiple-choice head, and scores like any method."""
+    cfg = compose_cfg(
+        "train",
+        tmp_path,
+        [
+            "backbone=tiny-gpt2",
+            "prompt=finetune",
+            f"task={task}",
+            f"task.test_limit={records}",
+            "task.train.max_steps=2",
+            "task.train.eval_every=1",
+        ],
+    )
+    run(cfg)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["method"] == "finetune" and results["steps"] == 2
+    assert 0.0 <= results["test"]["score"] <= 1.0
+    saved = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
+    assert {k.split(".")[0] for k in saved["state_dict"]} == {"backbone", "classifier"}
+    assert saved["state_dict"]["classifier.weight"].shape[0] == 1  # one score per candidate

@@ -63,6 +63,7 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
         template_id: int = 0,
         manual_template_id: int = 0,
         manual: bool = False,
+        head: bool = False,
         template: str | None = None,
         verbalizer: dict[str, str] | None = None,
         label_score: str = "sum",
@@ -78,7 +79,9 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
         train: dict | None = None,
     ) -> None:
         """``manual`` picks ``manual_template_id`` from ``manual_templates`` (no pseudo tokens),
-        else ``template_id`` from ``templates``; ``template`` replaces the numbered one by any
+        else ``template_id`` from ``templates``; ``head``: a classifier reads the answers
+        (fine-tuning), so a task without label words writes each candidate into the input
+        (``candidate_views``' ``in_input``); ``template`` replaces the numbered one by any
         template over the task's slots; ``test_limit`` scores only the first n records of the
         test split (a documented subset for slow CPUs); ``train`` holds the task's optimisation
         settings, read by the runner."""
@@ -103,6 +106,7 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
         self.words = dict(self.verbalizer) | self.checked_verbalizer(verbalizer or {})
         self.data_root = Path(data_root) / self.folder
         self.label_score = label_score
+        self.candidates_in_input = head and not self.verbalizer
         self.splits = {
             "train": train_split,
             "dev": dev_split,
@@ -177,7 +181,9 @@ class SuperGlueDataModule(SplitLoaders, LightningDataModule):
         for number, record in records:
             for item in self.items(record, f"{path}, line {number}"):
                 inputs = {s: item.inputs[s] for s in self.used_slots}
-                views = candidate_views(self.template_tokenizer, inputs, item.candidates)
+                views = candidate_views(
+                    self.template_tokenizer, inputs, item.candidates, self.candidates_in_input
+                )
                 truncated += views.truncated
                 examples.append(
                     {

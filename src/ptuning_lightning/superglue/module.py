@@ -2,9 +2,11 @@
 
 A candidate's score is the weighted sum of its tokens' log-probabilities (weights 1 or 1/n:
 summed or averaged, set by the data). One forward pass covers the batch's sequences; the LM
-head runs only at the positions that are read. ``head=True`` is the fine-tuning baseline
-instead: a linear classifier on the hidden state at the answer slot (the last token for a
-causal LM, the mask for a masked LM), one output per label.
+head runs only at the positions that are read. ``head`` is the fine-tuning baseline instead:
+``"labels"``, a linear classifier on the hidden state at the answer slot (the last token for
+a causal LM, the mask for a masked LM), one output per label; ``"choices"`` (tasks without
+label words: COPA, ReCoRD), a linear score of each candidate's sequence, read where the data
+put it (``views``: the candidate is written into the input).
 
 What trains: the prompt encoder (P-Tuning), the backbone too after ``set_trainable`` (its own
 learning rate, ``backbone_lr``), and the classifier; the parameter groups, DDP and
@@ -35,12 +37,16 @@ class CandidateModule(PromptedModule):
         optimizer: Callable | None = None,
         lr: float | None = None,
         backbone_lr: float | None = None,
-        head: bool = False,
+        head: str | None = None,
     ) -> None:
         """``lr``: the prompt encoder's and the classifier's learning rate, ``backbone_lr`` a
         tuned backbone's (constant: the few-shot protocol has no schedule)."""
         super().__init__(backbone, encoder, optimizer, lr=lr, backbone_lr=backbone_lr)
-        self.classifier = nn.Linear(backbone.hidden_size, n_classes) if head else None
+        if head not in (None, "labels", "choices"):
+            raise ValueError(f"head must be None, 'labels' or 'choices', got {head!r}")
+        outputs = {"labels": n_classes, "choices": 1}.get(head, 0)
+        self.classifier = nn.Linear(backbone.hidden_size, outputs) if head else None
+        self.head = head
         self.dev_metric = SuperGlueMetric(metrics, n_classes)
         self.test_metric = SuperGlueMetric(metrics, n_classes)
         self.confusion: dict[str, list[list[int]]] = {}  # split -> [gold][predicted] counts
@@ -56,10 +62,14 @@ class CandidateModule(PromptedModule):
         hidden = self.backbone.hidden(embeds, batch["attention_mask"])
         sequence, position = batch["candidate_sequence"], batch["candidate_position"]
         weight = batch["candidate_weight"]
-        if self.classifier is not None:  # the readout of the first candidate's sequence
+        read = weight > 0
+        if self.head == "labels":  # the readout of the first candidate's sequence
             picked = hidden[sequence[:, 0], position[:, 0, 0]]
             return self.classifier(picked.float())
-        read = weight > 0
+        if self.head == "choices":  # each candidate's own sequence, read at one position
+            picked = hidden[sequence, position[:, :, 0]]  # (B, C, H)
+            scores = self.classifier(picked.float()).squeeze(-1)
+            return scores.masked_fill(~read[:, :, 0], float("-inf"))
         rows = sequence.unsqueeze(-1).expand_as(position)[read]
         logits = self.backbone.head(hidden[rows, position[read]]).float()
         token_logp = logits.log_softmax(-1).gather(-1, batch["candidate_token"][read][:, None])

@@ -111,11 +111,13 @@ def build_task(
     backbone.set_trainable(method.trains_backbone)
     manual = not method.uses_pseudo_tokens
     data = instantiate(
-        cfg.task, tokenizer=backbone.tokenizer, model_kind=backbone.kind, manual=manual
+        cfg.task,
+        tokenizer=backbone.tokenizer,
+        model_kind=backbone.kind,
+        manual=manual,
+        head=method.head,
     )
     data.setup()
-    if method.head and not data.verbalizer:
-        raise ValueError(f"prompt={method.name} needs a task with fixed labels, not {data.folder}")
     encoder = (
         build_encoder(cfg.encoder, data.template.n_prompt, backbone)
         if data.template.n_prompt
@@ -129,7 +131,7 @@ def build_task(
         optimizer=optimization(cfg).optimizer,
         lr=cfg.task.train.lr,
         backbone_lr=cfg.task.train.backbone_lr,
-        head=method.head,
+        head=("choices" if data.candidates_in_input else "labels") if method.head else None,
     )
     return module, data, method
 

@@ -8,6 +8,10 @@ entities): each candidate's score is the summed (or averaged) log-probability of
   single-token label words need one forward pass for all labels.
 - Masked LM: ``[Y]`` becomes as many masks as the candidate has tokens; each token is read at
   its mask (PET's parallel scoring). Candidates of the same length share one sequence.
+
+With ``in_input`` (fine-tuning's multiple-choice head: COPA, ReCoRD) each candidate is written
+into ``[Y]`` whole, one sequence per candidate, and one position is read: a causal LM's last
+candidate token (the first to have seen all of it), a masked LM's first token ([CLS], <s>).
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ class Views:
 
 
 def candidate_views(
-    tokenizer: TemplateTokenizer, inputs: dict[str, str], candidates: list[str]
+    tokenizer: TemplateTokenizer,
+    inputs: dict[str, str],
+    candidates: list[str],
+    in_input: bool = False,
 ) -> Views:
     """The sequences that score every candidate of one example (see the module docstring)."""
     tokens = [tokenizer.answer_ids(c) for c in candidates]
@@ -40,6 +47,18 @@ def candidate_views(
     views = Views([], [], encoded.truncated)
     for cand in tokens:
         n = len(cand)
+        if in_input:
+            causal = tokenizer.kind == "causal"
+            seq_ids = ids + cand if causal else ids[:answer] + cand + ids[answer + 1 :]
+            seq_prompt = (
+                prompt_index + [-1] * n
+                if causal
+                else prompt_index[:answer] + [-1] * n + prompt_index[answer + 1 :]
+            )
+            views.sequences.append({"input_ids": seq_ids, "prompt_index": seq_prompt})
+            read = answer + n if causal else 0
+            views.candidates.append((len(views.sequences) - 1, [read], cand[-1:]))
+            continue
         if tokenizer.kind == "causal":
             key: tuple = tuple(cand[:-1])
             seq_ids, seq_prompt = ids + cand[:-1], prompt_index + [-1] * (n - 1)
