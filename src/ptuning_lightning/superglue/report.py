@@ -204,33 +204,24 @@ def task_cell(row: Row, task: str, boot: Bootstrap) -> str:
     return f"{text} [{percent(interval[0], 1)}, {percent(interval[1], 1)}]" if interval else text
 
 
-def versus_best(table: list[Row], row: Row, task: str, boot: Bootstrap) -> str:
-    """ " (best)" for the backbone's highest score in the column, " ≈" within noise of it
-    (paired bootstrap), "" otherwise; nothing when no paired comparison is possible."""
-    rivals = [
-        r
-        for r in table
-        if r.key.backbone == row.key.backbone
-        and (r.average(present(r)) if task == AVG else r.score(task)[0]) is not None
-    ]
+def versus_best(table: list[Row], row: Row, column: str, tasks: list[str], boot: Bootstrap) -> str:
+    """ " (best)" for the backbone's highest in the column (a task, or ``AVG`` over ``tasks``:
+    rows with every task), " ≈" within noise of it (paired bootstrap), "" otherwise; nothing
+    when no paired comparison is possible."""
 
-    def value(r: Row) -> float:
-        return r.average(present(r)) if task == AVG else r.score(task)[0]
+    def value(r: Row) -> float | None:
+        return r.average(tasks) if column == AVG else r.score(column)[0]
 
+    rivals = [r for r in table if r.key.backbone == row.key.backbone and value(r) is not None]
     if row not in rivals or len(rivals) < 2:
         return ""
     best = max(rivals, key=value)
-    others = [boot.difference(best, r, task) for r in rivals if r is not best]
-    if all(d is None for d in others):
+    if all(boot.difference(best, r, column) is None for r in rivals if r is not best):
         return ""
     if row is best:
         return " (best)"
-    diff = boot.difference(best, row, task)
+    diff = boot.difference(best, row, column)
     return " ≈" if diff is not None and within_noise(diff) else ""
-
-
-def present(row: Row) -> list[str]:
-    return [t for t in TASKS if t in row.tasks]
 
 
 def key_cells(row: Row, with_setting: bool) -> list[str]:
@@ -263,9 +254,9 @@ def superglue_table(
     md_rows, csv_rows = [], []
     for row in table:
         average = row.average(tasks)
-        cells = [task_cell(row, t, boot) + versus_best(table, row, t, boot) for t in tasks]
+        cells = [task_cell(row, t, boot) + versus_best(table, row, t, tasks, boot) for t in tasks]
         avg_cell = percent(average, 1) or "—"
-        avg_cell += versus_best(table, row, AVG, boot) if average is not None else ""
+        avg_cell += versus_best(table, row, AVG, tasks, boot) if average is not None else ""
         md_rows.append([*key_cells(row, with_setting), seeds_cell(row, tasks), *cells, avg_cell])
         seeds = [len(row.tasks[t]) if row.tasks.get(t) else None for t in tasks]
         scores = [row.score(t)[0] for t in tasks]
@@ -280,7 +271,9 @@ def paired_rows(runs: list[dict], boot: Bootstrap) -> list[tuple[Row, Row, str, 
         for b in table[i + 1 :]:
             if a.key.backbone != b.key.backbone:
                 continue
-            for task in [*present_tasks(runs), AVG]:
+            tasks = present_tasks(runs)
+            every = all(t in a.tasks and t in b.tasks for t in tasks)  # the table's Avg
+            for task in [*tasks, AVG] if every else tasks:
                 diff = boot.difference(a, b, task)
                 out += [(a, b, task, diff)] if diff is not None else []
     return out
