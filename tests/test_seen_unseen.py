@@ -66,6 +66,7 @@ def test_object_split_on_hand_made_facts():
     objects = ["Paris", "Rome", "Paris", "Oslo", "Rome"]
     split = object_split(objects, "10011", {"Paris", "Oslo"})
     assert split == {
+        "test_seen": "10110",  # per fact, in the hits' order
         "test_seen_p1": 2 / 3,  # Paris hit, Paris missed, Oslo hit
         "test_seen_n": 3,
         "test_unseen_p1": 0.5,  # Rome missed, Rome hit
@@ -73,6 +74,7 @@ def test_object_split_on_hand_made_facts():
     }
     empty = object_split(["Rome"], "1", set())
     assert empty == {
+        "test_seen": "0",
         "test_seen_p1": None,
         "test_seen_n": 0,
         "test_unseen_p1": 1.0,
@@ -167,6 +169,7 @@ def relation(seen: str, unseen: str) -> dict:
         "dev_p1": p1(seen + unseen),
         "test_p1": p1(seen + unseen),
         "test_hits": seen + unseen,
+        "test_seen": "1" * len(seen) + "0" * len(unseen),
         "test_seen_p1": p1(seen),
         "test_seen_n": len(seen),
         "test_unseen_p1": p1(unseen),
@@ -234,6 +237,21 @@ def test_report_shows_the_split_with_the_prior_first(controls: Path, tmp_path: P
     assert "No prior row" not in text
     assert f"]({report.SEEN_UNSEEN_PNG})" in text
     assert (out / report.SEEN_UNSEEN_PNG).read_bytes().startswith(b"\x89PNG")
+
+
+def test_paired_differences_on_seen_and_unseen_objects(controls: Path, tmp_path: Path):
+    """The paired bootstrap split by the per-fact seen flags. Prior minus MP on seen objects:
+    macro 0.375 - (P19 (0.25 + 0.75) / 2 + P37 0.5) / 2 = -12.5 points; on unseen objects
+    (P19 only): 0 - (0.5 + 1.0) / 2 = -75 points."""
+    out = tmp_path / "out"
+    ptl_report([str(controls), "--out", str(out)])
+    text = (out / reporting.REPORT_MD).read_text()
+    assert "| a - b [95% interval] | better | seen objects: a - b | unseen objects: a - b |" in text
+    row = line(text, "| tiny-gpt2 | prior | manual |").split(" | ")
+    assert row[5].startswith("-12.5 [") and row[6].startswith("-75.0 [")
+    paired = {(r["row_a"], r["row_b"], r["relation"]): r for r in read_csv(out / report.PAIRED_CSV)}
+    assert paired[("prior", "manual", "macro:unseen")]["difference"] == "-75.00"
+    assert paired[("prior", "manual", "macro:seen")]["difference"] == "-12.50"
 
 
 def test_seen_unseen_plot_has_a_pair_of_bars_per_row(controls: Path):

@@ -107,9 +107,11 @@ class Row:
         """Each seed's macro test P@1 over its relations."""
         return [mean(float(r["test_p1"]) for r in rels.values()) for rels in self.seeds.values()]
 
-    def scores(self, relation: str) -> list[float]:
-        """Test P@1 of ``relation`` for each seed that has it."""
-        return [float(r[relation]["test_p1"]) for r in self.seeds.values() if relation in r]
+    def scores(self, relation: str, part: str | None = None) -> list[float]:
+        """Test P@1 of ``relation`` (on its ``part`` facts: "seen", "unseen") for each seed
+        that has it."""
+        key = f"test_{part}_p1" if part else "test_p1"
+        return [float(r[relation][key]) for r in self.seeds.values() if relation in r]
 
     def macro(self) -> tuple[float | None, float | None]:
         """Macro test P@1: mean and std over seeds."""
@@ -134,13 +136,21 @@ class Row:
             counts.append(sum(r[f"test_{part}_n"] for r in results))
         return *mean_std(macros), counts[0]  # the seeds of a row test the same facts
 
-    def hits(self, relation: str) -> np.ndarray | None:
-        """(seeds, facts) 0/1 hits of ``relation`` (``test_hits`` in results.json); None when
-        a run lacks them (older results) or the seeds scored different numbers of facts."""
-        rows = [r[relation].get("test_hits") for r in self.seeds.values() if relation in r]
+    def hits(self, relation: str, part: str | None = None) -> np.ndarray | None:
+        """(seeds, facts) 0/1 hits of ``relation`` (``test_hits`` in results.json), of its
+        ``part`` facts only ("seen", "unseen": ``test_seen``); None when a run lacks them
+        (older results) or the seeds scored different numbers of facts."""
+        results = [r[relation] for r in self.seeds.values() if relation in r]
+        rows = [r.get("test_hits") for r in results]
         if not rows or any(r is None for r in rows) or len({len(r) for r in rows}) != 1:
             return None
-        return np.array([[c == "1" for c in r] for r in rows], dtype=float)
+        hits = np.array([[c == "1" for c in r] for r in rows], dtype=float)
+        if part is None:
+            return hits
+        flags = results[0].get("test_seen")
+        if flags is None or len(flags) != hits.shape[1]:
+            return None
+        return hits[:, np.array([c == "1" for c in flags]) == (part == "seen")]
 
 
 @dataclass
@@ -213,28 +223,32 @@ class Bootstrap:
         self.cache: dict[tuple, np.ndarray | None] = {}
         self.hit_cache: dict[tuple, np.ndarray | None] = {}
 
-    def hits(self, row: Row, relation: str) -> np.ndarray | None:
-        """``row.hits(relation)``, parsed once."""
-        key = (row.key, relation)
+    def hits(self, row: Row, relation: str, part: str | None = None) -> np.ndarray | None:
+        """``row.hits(relation, part)``, parsed once."""
+        key = (row.key, relation, part)
         if key not in self.hit_cache:
-            self.hit_cache[key] = row.hits(relation)
+            self.hit_cache[key] = row.hits(relation, part)
         return self.hit_cache[key]
 
-    def samples(self, row: Row, relations: Sequence[str]) -> np.ndarray | None:
-        """(BOOTSTRAP_SAMPLES,) P@1 (macro over ``relations``); None without per-fact hits."""
-        key = (row.key, tuple(relations))
+    def samples(
+        self, row: Row, relations: Sequence[str], part: str | None = None
+    ) -> np.ndarray | None:
+        """(BOOTSTRAP_SAMPLES,) P@1 (macro over ``relations``; over their ``part`` facts);
+        None without per-fact hits."""
+        key = (row.key, tuple(relations), part)
         if key not in self.cache:
-            self.cache[key] = self._samples(row, relations)
+            self.cache[key] = self._samples(row, relations, part)
         return self.cache[key]
 
-    def _samples(self, row: Row, relations: Sequence[str]) -> np.ndarray | None:
+    def _samples(self, row: Row, relations: Sequence[str], part: str | None) -> np.ndarray | None:
         rng = np.random.default_rng(zlib.crc32(row.key.label().encode()))
         per_relation = []
         for relation in relations:
-            hits = self.hits(row, relation)  # (seeds, facts)
+            hits = self.hits(row, relation, part)  # (seeds, facts)
             if hits is None:
                 return None
-            by_seed = hits[:, fact_draws(relation, hits.shape[1])].mean(-1).T  # (samples, seeds)
+            draws = fact_draws(f"{relation}:{part}" if part else relation, hits.shape[1])
+            by_seed = hits[:, draws].mean(-1).T  # (samples, seeds)
             seeds = rng.integers(0, hits.shape[0], size=by_seed.shape)
             per_relation.append(np.take_along_axis(by_seed, seeds, 1).mean(1))
         return np.mean(per_relation, axis=0)
@@ -245,17 +259,23 @@ class Bootstrap:
         return None if samples is None else tuple(np.percentile(samples, [2.5, 97.5]).tolist())
 
     def difference(
-        self, a: Row, b: Row, relations: Sequence[str]
+        self, a: Row, b: Row, relations: Sequence[str], part: str | None = None
     ) -> tuple[float, float, float] | None:
-        """(mean difference a - b, 95% interval) of P@1 over ``relations``, paired over facts;
-        None when either row lacks per-fact hits or they scored different facts."""
+        """(mean difference a - b, 95% interval) of P@1 over ``relations``, paired over facts
+        (``part``: over the relations' seen or unseen facts, the macro over the relations
+        that have some, as ``Row.split``); None when either row lacks per-fact hits (or
+        seen flags) or they scored different facts."""
+        kept = []
         for relation in relations:
-            first, second = self.hits(a, relation), self.hits(b, relation)
+            first, second = self.hits(a, relation, part), self.hits(b, relation, part)
             if first is None or second is None or first.shape[1] != second.shape[1]:
                 return None
-        first, second = self.samples(a, relations), self.samples(b, relations)
-        point = mean(mean(a.scores(r)) for r in relations) - mean(
-            mean(b.scores(r)) for r in relations
+            kept += [relation] if first.shape[1] else []
+        if not kept:
+            return None
+        first, second = self.samples(a, kept, part), self.samples(b, kept, part)
+        point = mean(mean(a.scores(r, part)) for r in kept) - mean(
+            mean(b.scores(r, part)) for r in kept
         )
         low, high = np.percentile(first - second, [2.5, 97.5]).tolist()
         return point, low, high
@@ -263,7 +283,8 @@ class Bootstrap:
 
 def paired(t: Tables, boot: Bootstrap) -> list[tuple[Row, Row, str, tuple[float, float, float]]]:
     """Every two rows of a backbone: (a, b, relation or "macro", difference) for each relation
-    both cover, and the macro when they cover the same relations, where the rows' per-fact
+    both cover, and the macro (and "macro:seen", "macro:unseen": on the facts whose object is
+    or is not a training object) when they cover the same relations, where the rows' per-fact
     hits allow it."""
     out = []
     for i, a in enumerate(t.rows):
@@ -271,8 +292,10 @@ def paired(t: Tables, boot: Bootstrap) -> list[tuple[Row, Row, str, tuple[float,
             if a.key.backbone != b.key.backbone:
                 continue
             if a.relations == b.relations:
-                macro = boot.difference(a, b, sorted(a.relations, key=natural))
-                out += [(a, b, "macro", macro)] if macro is not None else []
+                for part in (None, *PARTS):  # all facts, then seen and unseen objects
+                    macro = boot.difference(a, b, sorted(a.relations, key=natural), part)
+                    name = f"macro:{part}" if part else "macro"
+                    out += [(a, b, name, macro)] if macro is not None else []
             for relation in sorted(a.relations & b.relations, key=natural):
                 difference = boot.difference(a, b, [relation])
                 out += [(a, b, relation, difference)] if difference is not None else []
@@ -461,17 +484,33 @@ def markdown_paired(t: Tables, boot: Bootstrap) -> str:
     if not pairs:
         return "\n".join([*lines, "No two rows of a backbone with per-fact results to pair."])
     wins: Counter = Counter()
+    parts: dict[tuple, dict[str, tuple]] = {}
     for a, b, relation, diff in results:
-        if relation != "macro" and not within_noise(diff):
+        if relation.startswith("macro:"):
+            parts.setdefault((a.key, b.key), {})[relation.removeprefix("macro:")] = diff
+        elif relation != "macro" and not within_noise(diff):
             wins[(a.key, b.key, diff[0] > 0)] += 1
+    split = bool(parts)  # per-fact seen flags: the difference on seen and on unseen objects
     rows = []
     for a, b, diff in pairs:
         verdict = "within noise" if within_noise(diff) else "a" if diff[0] > 0 else "b"
-        interval = f"{100 * diff[0]:+.1f} [{100 * diff[1]:+.1f}, {100 * diff[2]:+.1f}]"
         counts = f"{wins[(a.key, b.key, True)]} / {wins[(a.key, b.key, False)]}"
-        rows.append([a.key.backbone, a.key.label(), b.key.label(), interval, verdict, counts])
-    header = ["backbone", "a", "b", "a - b [95% interval]", "better", "relations a / b better"]
-    return "\n".join([*lines, markdown_table(header, rows)])
+        found = parts.get((a.key, b.key), {})
+        by_part = [interval_text(found.get(p), mark=True) for p in PARTS] if split else []
+        row = [a.key.backbone, a.key.label(), b.key.label(), interval_text(diff), verdict]
+        rows.append([*row, *by_part, counts])
+    header = ["backbone", "a", "b", "a - b [95% interval]", "better"]
+    header += [f"{p} objects: a - b" for p in PARTS] if split else []
+    return "\n".join([*lines, markdown_table([*header, "relations a / b better"], rows)])
+
+
+def interval_text(diff: tuple[float, float, float] | None, mark: bool = False) -> str:
+    """ "+1.2 [-0.3, +2.8]" (points; with ``mark``, "≈" appended within noise); "—" for
+    no difference."""
+    if diff is None:
+        return "—"
+    text = f"{100 * diff[0]:+.1f} [{100 * diff[1]:+.1f}, {100 * diff[2]:+.1f}]"
+    return text + (" ≈" if mark and within_noise(diff) else "")
 
 
 def split_text(row: Row, part: str) -> str:

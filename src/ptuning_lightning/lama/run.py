@@ -295,9 +295,11 @@ def object_split(test_objects: list[str], hits: str, train_objects: set[str]) ->
     """Test P@1 on the facts whose object is among the relation's training objects
     (``test_seen_p1``: what a prompt can reach by learning the training prior) and on the
     others (``test_unseen_p1``: only recall from the backbone reaches them), with their
-    counts (``test_seen_n``, ``test_unseen_n``). ``test_objects`` and ``hits`` (``test_hits``)
-    are in the same order; P@1 is None where a part has no facts."""
-    result = {}
+    counts (``test_seen_n``, ``test_unseen_n``), and per fact whether it is seen
+    (``test_seen``, "1"/"0" in ``test_hits``' order, for ``ptl-report``'s paired bootstrap).
+    ``test_objects`` and ``hits`` are in the same order; P@1 is None where a part has no
+    facts."""
+    result = {"test_seen": "".join("1" if obj in train_objects else "0" for obj in test_objects)}
     for part, seen in (("seen", True), ("unseen", False)):
         part_hits = [
             hit == "1"
