@@ -1,7 +1,8 @@
 """P-Tuning minus MP on seen and on unseen objects, with paired 95% bootstrap intervals.
 
-ptl-report gives each row's P@1 on seen / unseen objects, but its paired bootstrap covers all
-facts. This script splits it: from each row's per-fact hits (``test_hits`` in results.json,
+ptl-report splits its paired bootstrap by seen / unseen objects for results that record
+each fact's flag (``test_seen``); this sweep's results were written before that field. This
+script recomputes the flags: from each row's per-fact hits (``test_hits`` in results.json,
 in split order) and each test fact's object (the same LAMA filter as the runs), the macro
 difference between two rows on the facts whose object is (seen) or is not (unseen) among the
 relation's training objects. Macro as in results.json: the mean over the relations with facts
