@@ -38,6 +38,7 @@ NOT_A_SETTING = (
     "encoder._target_",  # the encoder column
     "prompt._target_",  # the method's class: the method column (older runs lack the key)
     "callbacks.progress_bar",
+    "callbacks.model_checkpoint.save_",  # which checkpoints are kept, not what is selected
     "trainer.default_root_dir",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
