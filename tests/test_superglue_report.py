@@ -41,16 +41,19 @@ def test_superglue_table_with_seeds_and_average(tmp_path, capsys):
 
 
 def test_superglue_csv_counts_seeds_per_task(tmp_path):
-    """Three CB seeds and one RTE seed in one row: the CSV says 3 and 1, not 3 for both."""
+    """Three CB seeds and one each of BoolQ and RTE in one row: the CSV says 1, 3 and 1,
+    not 3 for all; the table groups the tasks of each count."""
     for seed in (1, 2, 3):
         write_run(
             tmp_path / f"cb{seed}", "CB", "ptuning", seed, {"acc": 0.5, "f1": 0.5, "score": 0.5}
         )
     write_run(tmp_path / "rte", "RTE", "ptuning", 1, {"acc": 0.5, "score": 0.5})
+    write_run(tmp_path / "boolq", "BoolQ", "ptuning", 1, {"acc": 0.5, "score": 0.5})
     main([str(tmp_path), "--out", str(tmp_path / "report")])
     csv = (tmp_path / "report" / "superglue.csv").read_text().splitlines()
-    assert csv[1] == "tiny,ptuning,50.00,50.00,50.00,3,1"
-    assert "| tiny | ptuning | 3 (CB), 1 (RTE) |" in (tmp_path / "report" / "report.md").read_text()
+    assert csv[1] == "tiny,ptuning,50.00,50.00,50.00,50.00,1,3,1"
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| tiny | ptuning | 3 (CB), 1 (BoolQ, RTE) |" in text
 
 
 def write_examples(folder, task, method, seed, labels, preds, **extra) -> None:

@@ -230,14 +230,15 @@ def key_cells(row: Row, with_setting: bool) -> list[str]:
 
 
 def seeds_cell(row: Row, tasks: list[str]) -> str:
-    """One number when every task of the row has as many seeds, else each task's count, the
-    most first: "3 (CB), 2 (RTE), 1 (BoolQ)"."""
-    counts = sorted(
-        ((t, len(row.tasks[t])) for t in tasks if row.tasks.get(t)), key=lambda c: -c[1]
-    )
-    if len({n for _, n in counts}) == 1:
-        return str(counts[0][1])
-    return ", ".join(f"{n} ({task})" for task, n in counts)
+    """One number when every task of the row has as many seeds, else the tasks of each count,
+    the most first: "3 (BoolQ, CB), 2 (RTE)"."""
+    by_count: dict[int, list[str]] = defaultdict(list)
+    for task in tasks:
+        if row.tasks.get(task):
+            by_count[len(row.tasks[task])].append(task)
+    if len(by_count) == 1:
+        return str(next(iter(by_count)))
+    return ", ".join(f"{n} ({', '.join(by_count[n])})" for n in sorted(by_count, reverse=True))
 
 
 def superglue_table(
