@@ -10,7 +10,8 @@ from ptuning_lightning.cli import report as main
 from ptuning_lightning.superglue.report import score_samples
 
 
-def write_run(folder, task: str, method: str, seed: int, test: dict) -> None:
+def write_run(folder, task: str, method: str, seed: int, test: dict, **extra) -> None:
+    """A finished job's results.json with the given test metrics (and ``extra`` keys)."""
     folder.mkdir(parents=True)
     run = {
         "status": "done",
@@ -21,6 +22,7 @@ def write_run(folder, task: str, method: str, seed: int, test: dict) -> None:
         "splits": {"test": "val"},
         "dev": test,
         "test": test,
+        **extra,
     }
     (folder / "results.json").write_text(json.dumps(run))
 
@@ -58,7 +60,6 @@ def test_superglue_csv_counts_seeds_per_task(tmp_path):
 
 def write_examples(folder, task, method, seed, labels, preds, **extra) -> None:
     """A results.json with per-example test records, its metrics computed here by hand."""
-    folder.mkdir(parents=True)
     n = len(labels)
     acc = sum(p == g for p, g in zip(preds, labels, strict=True)) / n
     f1s = []
@@ -66,20 +67,9 @@ def write_examples(folder, task, method, seed, labels, preds, **extra) -> None:
         tp = sum(p == g == c for p, g in zip(preds, labels, strict=True))
         f1s.append(2 * tp / max(preds.count(c) + labels.count(c), 1))
     test = {"acc": acc, "f1": sum(f1s) / 3, "score": (acc + sum(f1s) / 3) / 2}
-    run = {
-        "status": "done",
-        "task": task,
-        "method": method,
-        "backbone": "tiny",
-        "seed": seed,
-        "splits": {"dev": "dev32", "test": "val"},
-        "labels": ["entailment", "contradiction", "neutral"],
-        "dev": test,
-        "test": test,
-        "test_examples": {"index": list(range(n)), "pred": preds, "label": labels},
-        **extra,
-    }
-    (folder / "results.json").write_text(json.dumps(run))
+    examples = {"index": list(range(n)), "pred": preds, "label": labels}
+    cb_labels = ["entailment", "contradiction", "neutral"]
+    write_run(folder, task, method, seed, test, labels=cb_labels, test_examples=examples, **extra)
 
 
 CB_GOLD = [0] * 20 + [1] * 15 + [2] * 5

@@ -262,3 +262,12 @@ def within_noise(difference: tuple[float, float, float]) -> bool:
 
 def plus_minus(mean_: float | None, std: float | None) -> str:
     return percent(mean_, 1) + (f" ± {percent(std, 1)}" if std is not None else "")
+
+
+def interval_text(diff: tuple[float, float, float] | None, mark: bool = False) -> str:
+    """ "+1.2 [-0.3, +2.8]" (points; with ``mark``, "≈" appended within noise); "—" for
+    no difference."""
+    if diff is None:
+        return "—"
+    text = f"{100 * diff[0]:+.1f} [{100 * diff[1]:+.1f}, {100 * diff[2]:+.1f}]"
+    return text + (" ≈" if mark and within_noise(diff) else "")

@@ -35,6 +35,7 @@ from ptuning_lightning.reporting import (
     Problem,
     RowKey,
     encoder_name,
+    interval_text,
     markdown_problems,
     markdown_table,
     mean_std,
@@ -502,15 +503,6 @@ def markdown_paired(t: Tables, boot: Bootstrap) -> str:
     header = ["backbone", "a", "b", "a - b [95% interval]", "better"]
     header += [f"{p} objects: a - b" for p in PARTS] if split else []
     return "\n".join([*lines, markdown_table([*header, "relations a / b better"], rows)])
-
-
-def interval_text(diff: tuple[float, float, float] | None, mark: bool = False) -> str:
-    """ "+1.2 [-0.3, +2.8]" (points; with ``mark``, "≈" appended within noise); "—" for
-    no difference."""
-    if diff is None:
-        return "—"
-    text = f"{100 * diff[0]:+.1f} [{100 * diff[1]:+.1f}, {100 * diff[2]:+.1f}]"
-    return text + (" ≈" if mark and within_noise(diff) else "")
 
 
 def split_text(row: Row, part: str) -> str:

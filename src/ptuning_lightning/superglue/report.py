@@ -26,6 +26,7 @@ from ptuning_lightning.reporting import (
     REPORT_MD,
     Problem,
     RowKey,
+    interval_text,
     markdown_problems,
     markdown_table,
     mean_std,
@@ -242,11 +243,10 @@ def seeds_cell(row: Row, tasks: list[str]) -> str:
 
 
 def superglue_table(
-    runs: list[dict], boot: Bootstrap
+    table: list[Row], tasks: list[str], boot: Bootstrap
 ) -> tuple[list[str], list[list], list[str], list[list]]:
     """(Markdown header, Markdown rows, CSV header, CSV rows: task scores as fractions, the
     average (only for rows with every task) and each task's number of seeds)."""
-    table, tasks = rows(runs), present_tasks(runs)
     with_setting = any(row.key.setting for row in table)
     columns = [f"{t} ({'/'.join(LABELS[m] for m in METRICS.get(t, ('acc',)))})" for t in tasks]
     keys = ["backbone", "method"] + ["setting"] * with_setting
@@ -265,22 +265,24 @@ def superglue_table(
     return header, md_rows, csv_header, csv_rows
 
 
-def paired_rows(runs: list[dict], boot: Bootstrap) -> list[tuple[Row, Row, str, tuple]]:
-    """Every two rows of a backbone: (a, b, task or ``AVG``, difference) where pairable."""
-    table, out = rows(runs), []
+def paired_rows(
+    table: list[Row], tasks: list[str], boot: Bootstrap
+) -> list[tuple[Row, Row, str, tuple]]:
+    """Every two rows of a backbone: (a, b, task or ``AVG``, difference) where pairable; the
+    average only between rows with every task (the table's Avg)."""
+    out = []
     for i, a in enumerate(table):
         for b in table[i + 1 :]:
             if a.key.backbone != b.key.backbone:
                 continue
-            tasks = present_tasks(runs)
-            every = all(t in a.tasks and t in b.tasks for t in tasks)  # the table's Avg
+            every = all(t in a.tasks and t in b.tasks for t in tasks)
             for task in [*tasks, AVG] if every else tasks:
                 diff = boot.difference(a, b, task)
                 out += [(a, b, task, diff)] if diff is not None else []
     return out
 
 
-def paired_markdown(runs: list[dict], boot: Bootstrap) -> str:
+def paired_markdown(pairs: list[tuple[Row, Row, str, tuple]], tasks: list[str]) -> str:
     lines = [
         "## SuperGLUE: paired differences of the task score (points)",
         "",
@@ -288,24 +290,22 @@ def paired_markdown(runs: list[dict], boot: Bootstrap) -> str:
         "seeds; ≈: the interval holds 0 (within noise).",
         "",
     ]
-    pairs = paired_rows(runs, boot)
     if not pairs:
         return "\n".join([*lines, "No two rows of a backbone with per-example results to pair."])
-    columns = [*present_tasks(runs), AVG]
+    columns = [*tasks, AVG]
     cells: dict[tuple, dict[str, str]] = defaultdict(dict)
-    for a, b, task, (point, low, high) in pairs:
-        mark = " ≈" if within_noise((point, low, high)) else ""
-        text = f"{100 * point:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]{mark}"
-        cells[(a.key.backbone, a.key.label(), b.key.label())][task] = text
+    for a, b, task, diff in pairs:
+        cells[(a.key.backbone, a.key.label(), b.key.label())][task] = interval_text(diff, mark=True)
     body = [[*pair, *(found.get(c, "—") for c in columns)] for pair, found in cells.items()]
     return "\n".join([*lines, markdown_table(["backbone", "a", "b", *columns], body)])
 
 
-def cost_table(runs: list[dict]) -> tuple[list[str], list[list], list[str], list[list]]:
+def cost_table(
+    table: list[Row], tasks: list[str]
+) -> tuple[list[str], list[list], list[str], list[list]]:
     """Time and peak memory per job, per row and task: (Markdown header and rows, CSV
     header and rows, numbers as text). Seconds: mean over seeds; memory: the largest of the
     seeds (MiB)."""
-    table, tasks = rows(runs), present_tasks(runs)
     md, csv = [], []
     for row in table:
         cells = []
@@ -331,40 +331,56 @@ def peak(jobs: list[dict], where: str) -> float | None:
     return max(values) if values else None
 
 
-def superglue_markdown(runs: list[dict], boot: Bootstrap) -> str:
-    header, md_rows, _, _ = superglue_table(runs, boot)
+def notes(runs: list[dict], table: list[Row]) -> list[str]:
+    """The reported splits, a split that also selected the checkpoint, a missing prior row."""
     splits = sorted({f"{r['task']}: {r['splits']['test']}" for r in runs})
+    lines = [f"Reported splits: {', '.join(splits)}."]
     selected_on_test = sorted(
         {r["task"] for r in runs if r["splits"].get("dev") == r["splits"]["test"]}
     )
-    cost_header, cost_rows, _, _ = cost_table(runs)
-    lines = [
-        "## SuperGLUE (FewGLUE): test metrics (%)",
-        "",
-        "Per task its SuperGLUE metrics, mean over seeds, ± the sample std of the task score "
-        "(the mean of its metrics); one seed: [95% bootstrap interval of the task score over "
-        "test examples]. (best): the backbone's highest in the column; ≈: within noise of it "
-        "(paired bootstrap, 95% interval of the difference holds 0). Avg: the mean task score, "
-        "only for rows with every task.",
-        f"Reported splits: {', '.join(splits)}.",
-    ]
     if selected_on_test:
         lines.append(
             f"{', '.join(selected_on_test)}: tested on the split that also selected the "
             "checkpoint (FewGLUE ships no other), which flatters methods that train."
         )
-    if not any(row.key.method == "prior" for row in rows(runs)):
+    if not any(row.key.method == "prior" for row in table):
         lines.append(
             "No prior row: add `prior` to the sweep's prompts (the majority training label; "
             "tasks with fixed labels) to show what answering without the input scores."
         )
+    return lines
+
+
+def write_superglue(runs: list[dict], out: Path) -> str:
+    """Write ``superglue.csv``, ``superglue_paired.csv`` and ``superglue_cost.csv`` into
+    ``out``; returns the Markdown sections."""
+    table, tasks, boot = rows(runs), present_tasks(runs), Bootstrap()
+    header, md_rows, csv_header, csv_rows = superglue_table(table, tasks, boot)
+    pairs = paired_rows(table, tasks, boot)
+    cost_header, cost_rows, cost_csv_header, cost_csv = cost_table(table, tasks)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SUPERGLUE_CSV).write_text(to_csv(csv_header, csv_rows))
+    paired = [
+        [a.key.backbone, a.key.label(), b.key.label(), task, *diff, within_noise(diff)]
+        for a, b, task, diff in pairs
+    ]
+    paired_header = ["backbone", "row_a", "row_b", "task", "difference", "ci95_low", "ci95_high"]
+    (out / SUPERGLUE_PAIRED_CSV).write_text(to_csv([*paired_header, "within_noise"], paired))
+    (out / SUPERGLUE_COST_CSV).write_text(to_csv(cost_csv_header, cost_csv))
     return "\n".join(
         [
-            *lines,
+            "## SuperGLUE (FewGLUE): test metrics (%)",
+            "",
+            "Per task its SuperGLUE metrics, mean over seeds, ± the sample std of the task "
+            "score (the mean of its metrics); one seed: [95% bootstrap interval of the task "
+            "score over test examples]. (best): the backbone's highest in the column; ≈: within "
+            "noise of it (paired bootstrap, 95% interval of the difference holds 0). Avg: the "
+            "mean task score, only for rows with every task.",
+            *notes(runs, table),
             "",
             markdown_table(header, md_rows),
             "",
-            paired_markdown(runs, boot),
+            paired_markdown(pairs, tasks),
             "",
             "## SuperGLUE: time and peak memory per job",
             "",
@@ -374,24 +390,6 @@ def superglue_markdown(runs: list[dict], boot: Bootstrap) -> str:
             markdown_table(cost_header, cost_rows),
         ]
     )
-
-
-def write_superglue(runs: list[dict], out: Path) -> str:
-    """Write ``superglue.csv``, ``superglue_paired.csv`` and ``superglue_cost.csv`` into
-    ``out``; returns the Markdown sections."""
-    boot = Bootstrap()
-    _, _, header, table = superglue_table(runs, boot)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SUPERGLUE_CSV).write_text(to_csv(header, table))
-    paired = [
-        [a.key.backbone, a.key.label(), b.key.label(), task, *diff, within_noise(diff)]
-        for a, b, task, diff in paired_rows(runs, boot)
-    ]
-    paired_header = ["backbone", "row_a", "row_b", "task", "difference", "ci95_low", "ci95_high"]
-    (out / SUPERGLUE_PAIRED_CSV).write_text(to_csv([*paired_header, "within_noise"], paired))
-    _, _, cost_header, cost = cost_table(runs)
-    (out / SUPERGLUE_COST_CSV).write_text(to_csv(cost_header, cost))
-    return superglue_markdown(runs, boot)
 
 
 def superglue_only_report(runs: list[dict], problems: list[Problem], out: Path) -> str:
