@@ -162,6 +162,7 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
             report.MACRO_CSV,
             report.RELATIONS_CSV,
             report.PAIRED_CSV,
+            report.COLLAPSE_CSV,
             report.RELATIONS_PNG,
             report.ENCODERS_PNG,
         ]
@@ -217,6 +218,7 @@ def test_notebook_runs_on_a_sweep(sweep: Path, monkeypatch):
     assert "65.0 ± 7.1" in text and "| missing |" in text
     assert "No prior row for tiny-gpt2" in text and "| n/a | n/a |" in text
     assert "No run has the seen / unseen split" in text
+    assert "No results with collapse rates or a prior row." in text  # the collapse section
     assert "No two rows of a backbone with per-fact results (test_hits) to pair." in text
     assert images == 2
 
@@ -323,3 +325,59 @@ def test_jobs_of_one_relation_each_merge_by_seed(tmp_path):
     assert len(row.seeds) == 2 and row.macros == pytest.approx([0.3, 0.5])
     assert row.scores("P19") == pytest.approx([0.2, 0.4])
     assert report.notes(t) == []
+
+
+def test_collapse_rates_and_the_prior_floor(tmp_path):
+    """Hand-made prior, manual and P-Tuning (2 seeds) runs on P19 (40 facts, prior 50%) and
+    P37 (20 facts, prior 95%). P-Tuning seed 1 gives "A" to 95% of P19: collapsed. Its 100%
+    "English" on P37 is not, since the prior's share there is above 0.9. P-Tuning is below the
+    prior on both relations: P19 by 50 points (beyond noise), P37 by one fact (within noise).
+    Manual results predate collapse rates: no rates, but the floor still counts."""
+    prior = {"P19": "1" * 20 + "0" * 20, "P37": "1" * 19 + "0"}
+    answers = {  # seed -> relation -> (hits, collapse rate, most predicted word)
+        1: {"P19": ("0" * 40, 0.95, "A"), "P37": ("1" * 18 + "00", 1.0, "English")},
+        2: {"P19": ("0" * 40, 0.5, "Paris"), "P37": ("1" * 18 + "00", 1.0, "English")},
+    }
+    for seed, relations in answers.items():
+        hits = {relation: h for relation, (h, _, _) in relations.items()}
+        job_with(tmp_path, f"p{seed}", "ptuning", seed, hits)
+        path = tmp_path / f"p{seed}" / "results.json"
+        run = json.loads(path.read_text())
+        for relation, (_, rate, word) in relations.items():
+            run["relations"][relation] |= {"collapse_rate": rate, "most_predicted": word}
+        path.write_text(json.dumps(run))
+    job_with(tmp_path, "prior", "prior", 1, prior)
+    job_with(tmp_path, "manual", "manual", 1, {"P19": "1" * 40, "P37": "1" * 20})
+    t = report.tables(reporting.load_runs([tmp_path])[0])
+    boot = report.Bootstrap()
+    row = {r.key.method: r for r in t.rows}
+    assert report.below_prior(t, row["ptuning"], boot) == (2, 1, 2)
+    assert report.below_prior(t, row["manual"], boot) == (0, 0, 2)
+    assert report.below_prior(t, row["prior"], boot) is None
+    assert [(c.relation, c.seed, c.collapsed) for c in report.collapses(t)] == [
+        ("P19", 1, True),
+        ("P19", 2, False),
+        ("P37", 1, False),
+        ("P37", 2, False),
+    ]
+    text = report.markdown_collapse(t, boot)
+    assert "| tiny-gpt2 | manual | n/a | 0 (0) of 2 | n/a |" in text
+    assert '| tiny-gpt2 | ptuning | 1 of 4 | 2 (1) of 2 | 1.00 (P37, seed 1, "English") |' in text
+    assert '- tiny-gpt2 / ptuning, P19, seed 1: 0.95, "A"; 0.0 / 50.0' in text
+    assert "Paris" not in text.split("Collapsed runs")[1]
+    out = tmp_path / "report"
+    report.write_report(t, [], out)
+    csv_rows = read_csv(out / report.COLLAPSE_CSV)
+    assert csv_rows[0] == {
+        "backbone": "tiny-gpt2",
+        "method": "ptuning",
+        "relation": "P19",
+        "seed": "1",
+        "collapse_rate": "0.950",
+        "most_predicted": "A",
+        "test_p1": "0.00",
+        "prior_p1": "50.00",
+        "collapsed": "True",
+    }
+    assert len(csv_rows) == 4
+    assert "## Collapse and the prior floor" in (out / "report.md").read_text()

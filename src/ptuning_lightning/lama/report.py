@@ -8,7 +8,9 @@ object is among the relation's training objects: recall or prior). Table 2: test
 relation, mean over seeds. The prior row (``prompt=prior``) comes first, and a table without
 one says how to add it.
 Paired bootstrap (over facts and seeds) between every two rows of a backbone, per relation
-and macro; differences whose 95% interval holds 0 are marked as within noise. Missing and
+and macro; differences whose 95% interval holds 0 are marked as within noise. Collapse
+(Table 3): per run and relation, the share of test facts given one word, the runs that
+collapsed, and on how many relations each row stays below the prior. Missing and
 failed jobs are listed, never averaged away, and rows that cover different relations are
 flagged. Plots: per relation, seen vs unseen, the encoder ablation. The same functions serve
 ``notebooks/analysis.ipynb``.
@@ -51,6 +53,10 @@ from ptuning_lightning.reporting import (
 MACRO_CSV = "table1_macro.csv"
 RELATIONS_CSV = "table2_relations.csv"
 PAIRED_CSV = "paired_bootstrap.csv"
+COLLAPSE_CSV = "table3_collapse.csv"
+# A run is collapsed on a relation when it gives one word to at least this share of the test
+# facts while the prior's share there is lower (issue 11's criterion).
+COLLAPSED = 0.9
 BOOTSTRAP_SAMPLES = 2000  # resamples for intervals (seeded: reports stay byte-identical)
 RELATIONS_PNG = "per_relation.png"
 ENCODERS_PNG = "encoders.png"
@@ -362,6 +368,127 @@ def relation_table(t: Tables) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+@dataclass(frozen=True)
+class Collapse:
+    """One run's answers on one relation: the share of its test facts given the single most
+    predicted word (results.json ``collapse_rate``) against the prior's share (the prior row's
+    test P@1 there: the most frequent training object, which is one word by construction)."""
+
+    row: Row
+    relation: str
+    seed: object
+    rate: float
+    word: str
+    test_p1: float
+    prior_p1: float | None  # None: the table has no prior row for this relation
+
+    @property
+    def collapsed(self) -> bool:
+        """One word for nearly every subject (``COLLAPSED``) where the data do not call for it
+        (the prior's share is below that, or unknown)."""
+        return self.rate >= COLLAPSED and (self.prior_p1 is None or self.prior_p1 < COLLAPSED)
+
+
+def prior_row(t: Tables, row: Row) -> Row | None:
+    """The prior row of ``row``'s backbone (the one covering most relations)."""
+    priors = [r for r in t.rows if r.key.method == PRIOR and r.key.backbone == row.key.backbone]
+    return max(priors, key=lambda r: len(r.relations), default=None)
+
+
+def collapses(t: Tables) -> list[Collapse]:
+    """Every (row, relation, seed) whose results carry a collapse rate, the prior row's own
+    excepted, in table order."""
+    out = []
+    for row in t.rows:
+        prior = prior_row(t, row)
+        if row is prior:
+            continue
+        for relation in t.relations:
+            prior_p1 = prior.relation_mean(relation) if prior is not None else None
+            for seed, results in row.seeds.items():
+                found = results.get(relation, {})
+                if "collapse_rate" in found:
+                    rate, word = float(found["collapse_rate"]), found["most_predicted"]
+                    p1 = float(found["test_p1"])
+                    out.append(Collapse(row, relation, seed, rate, word, p1, prior_p1))
+    return out
+
+
+def collapse_table(t: Tables) -> tuple[list[str], list[list]]:
+    """Table 3 as (header, rows): per row, relation and seed, the collapse rate (a share, not
+    a percentage), the most predicted word, test P@1 and the prior's (percent), and whether
+    the run collapsed."""
+    header = [*key_columns(t), "relation", "seed", "collapse_rate", "most_predicted"]
+    header += ["test_p1", "prior_p1", "collapsed"]
+    rows = [
+        [*key_cells(t, c.row.key), c.relation, c.seed, f"{c.rate:.3f}", c.word]
+        + [c.test_p1, c.prior_p1, c.collapsed]
+        for c in collapses(t)
+    ]
+    return header, rows
+
+
+def below_prior(t: Tables, row: Row, boot: Bootstrap) -> tuple[int, int, int] | None:
+    """(relations where the row's mean test P@1 is below the prior's, of those how many
+    beyond noise (paired bootstrap), relations compared); None without a prior row."""
+    prior = prior_row(t, row)
+    if prior is None or prior is row:
+        return None
+    shared = sorted(row.relations & prior.relations, key=natural)
+    below = [r for r in shared if row.relation_mean(r) < prior.relation_mean(r)]
+    differences = [boot.difference(row, prior, [r]) for r in below]
+    beyond = sum(d is not None and not within_noise(d) for d in differences)
+    return len(below), beyond, len(shared)
+
+
+def markdown_collapse(t: Tables, boot: Bootstrap) -> str:
+    """Collapse and the prior floor per row: how many runs answered one word for nearly every
+    subject, on how many relations the row is below the training prior, and which runs
+    collapsed (every run's rate: ``table3_collapse.csv``)."""
+    lines = [
+        "## Collapse and the prior floor",
+        "",
+        f"Collapse rate: the share of a relation's test facts given the single most predicted "
+        f"word. A run is collapsed on a relation when its rate is at least {COLLAPSED} and the "
+        f"prior's test P@1 there is below {COLLAPSED} (or unknown: no prior row). Below the "
+        "prior: the row's mean over seeds is lower than the prior's; beyond noise: the paired "
+        "95% interval excludes 0.",
+        "",
+    ]
+    found = collapses(t)
+    rows = []
+    for row in t.rows:
+        mine = [c for c in found if c.row is row]
+        floor = below_prior(t, row, boot)
+        if not mine and floor is None:
+            continue
+        collapsed = [c for c in mine if c.collapsed]
+        runs = f"{len(collapsed)} of {len(mine)}" if mine else "n/a"
+        below = f"{floor[0]} ({floor[1]}) of {floor[2]}" if floor else "no prior row"
+        worst = max(mine, key=lambda c: c.rate, default=None)
+        highest = (
+            f'{worst.rate:.2f} ({worst.relation}, seed {worst.seed}, "{worst.word}")'
+            if worst
+            else "n/a"
+        )
+        rows.append([*key_cells(t, row.key), runs, below, highest])
+    if not rows:
+        return "\n".join([*lines, "No results with collapse rates or a prior row."])
+    header = [*key_columns(t), "collapsed runs", "below the prior (beyond noise) of"]
+    lines.append(markdown_table([*header, "highest collapse rate"], rows))
+    listed = [c for c in found if c.collapsed]
+    if listed:
+        what = "row, relation, seed: rate, word; test P@1 / prior's, %"
+        lines += ["", f"Collapsed runs ({what}):", ""]
+        lines += [
+            f"- {c.row.key.backbone} / {c.row.key.label()}, {c.relation}, seed {c.seed}: "
+            f'{c.rate:.2f}, "{c.word}"; {percent(c.test_p1, 1)} / '
+            f"{percent(c.prior_p1, 1) or 'n/a'}"
+            for c in listed
+        ]
+    return "\n".join(lines)
+
+
 def notes(t: Tables) -> list[str]:
     """Why some macro averages are not comparable: rows or seeds over different relation sets,
     and seeds counted twice."""
@@ -424,7 +551,7 @@ def versus_best(t: Tables, row: Row, boot: Bootstrap) -> str:
 
 
 def markdown_tables(t: Tables, boot: Bootstrap | None = None) -> str:
-    """Methods side by side, Table 1, the paired differences and Table 2, in Markdown
+    """Methods side by side, Table 1, the paired differences, collapse and Table 2, in Markdown
     (percent, one decimal; "—": not run)."""
     boot = boot or Bootstrap()
     table1 = [
@@ -468,6 +595,8 @@ def markdown_tables(t: Tables, boot: Bootstrap | None = None) -> str:
             ),
             "",
             markdown_paired(t, boot),
+            "",
+            markdown_collapse(t, boot),
             "",
             "## Table 2: test P@1 (%) per relation, mean over seeds",
             "",
@@ -652,7 +781,7 @@ def save_png(fig: Figure, path: Path) -> None:
 
 
 def write_report(t: Tables, problems: list[Problem], out: Path) -> str:
-    """Write report.md, the two CSVs and the plots into ``out``; returns the Markdown.
+    """Write report.md, the CSVs and the plots into ``out``; returns the Markdown.
 
     A plot that does not apply (e.g. no encoder ablation) is removed if an older report left it."""
     out.mkdir(parents=True, exist_ok=True)
@@ -674,4 +803,5 @@ def write_report(t: Tables, problems: list[Problem], out: Path) -> str:
     (out / MACRO_CSV).write_text(to_csv(*macro_table(t, boot)))
     (out / RELATIONS_CSV).write_text(to_csv(*relation_table(t)))
     (out / PAIRED_CSV).write_text(to_csv(*paired_table(t, boot)))
+    (out / COLLAPSE_CSV).write_text(to_csv(*collapse_table(t)))
     return text
