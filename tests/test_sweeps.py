@@ -294,3 +294,14 @@ def test_slurm_launcher_writes_the_sbatch_script(tmp_path, monkeypatch):
     ):
         assert f"#SBATCH {line}\n" in script, script
     assert f"{tmp_path}/.submitit/" in script
+
+
+def test_stability_experiment_crosses_seeds_and_modes():
+    """experiment=stability: 3 seeds x (separate runs, one pass) of the demo's recipe on the
+    issue's four collapsed relations and the demo's three; the prior and MP once, by
+    overriding the swept keys on the command line."""
+    cfg = compose_hydra("experiment=stability")
+    assert dict(cfg.hydra.sweeper.params) == {"seed": "34,35,36", "multi_relation": "false,true"}
+    assert list(cfg.task.relation) == ["P39", "P136", "P413", "P103", "P1376", "P37", "P108"]
+    assert (cfg.prompt.name, cfg.trainer.max_epochs, cfg.optimizer.lr) == ("ptuning", 3, 3e-4)
+    assert cfg.group == "stability" and cfg.hydra.sweep.dir == "logs/stability"
