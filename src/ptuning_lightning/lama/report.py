@@ -448,11 +448,11 @@ def markdown_collapse(t: Tables, boot: Bootstrap) -> str:
     lines = [
         "## Collapse and the prior floor",
         "",
-        f"Collapse rate: the share of a relation's test facts given the single most predicted "
-        f"word. A run is collapsed on a relation when its rate is at least {COLLAPSED} and the "
-        f"prior's test P@1 there is below {COLLAPSED} (or unknown: no prior row). Below the "
-        "prior: the row's mean over seeds is lower than the prior's; beyond noise: the paired "
-        "95% interval excludes 0.",
+        "Collapse rate: the share of a relation's test facts given the single most predicted "
+        f"word. A run (one relation, one seed) is collapsed when its rate is at least "
+        f"{COLLAPSED:.0%} while the prior's test P@1 on the relation is below {COLLAPSED:.0%} "
+        "(or unknown: no prior row). Below the prior: the row's mean over seeds is lower than "
+        "the prior's; beyond noise: the paired 95% interval of the difference excludes 0.",
         "",
     ]
     found = collapses(t)
@@ -474,7 +474,7 @@ def markdown_collapse(t: Tables, boot: Bootstrap) -> str:
         rows.append([*key_cells(t, row.key), runs, below, highest])
     if not rows:
         return "\n".join([*lines, "No results with collapse rates or a prior row."])
-    header = [*key_columns(t), "collapsed runs", "below the prior (beyond noise) of"]
+    header = [*key_columns(t), "collapsed runs", "relations below the prior (beyond noise)"]
     lines.append(markdown_table([*header, "highest collapse rate"], rows))
     listed = [c for c in found if c.collapsed]
     if listed:
