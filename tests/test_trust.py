@@ -159,15 +159,21 @@ def test_warmup_on_a_superglue_task(tmp_path, compose_cfg, monkeypatch):
         run(cfg)
 
 
-def test_prior_in_one_pass_is_refused(tmp_path, compose_cfg):
-    cfg = compose_cfg(
-        "train", tmp_path, ["backbone=tiny-gpt2", "task.relation=[P1376,P36]", "prompt=prior"]
-    )
-    cfg.multi_relation = True
-    with pytest.raises(
-        ValueError, match=r"multi_relation: prompt=prior \(P1376\) is not supported"
-    ):
+def test_prior_with_multi_relation_runs_relation_by_relation(tmp_path, compose_cfg):
+    """The prior calls no model, so ``multi_relation=true`` (a sweep over methods in one pass)
+    runs its relations one by one and gives exactly the results of separate runs."""
+    results = {}
+    for one_pass in (False, True):
+        overrides = ["backbone=tiny-gpt2", "task.relation=[P1376,P36]", "prompt=prior"]
+        cfg = compose_cfg("train", tmp_path / str(one_pass), overrides)
+        cfg.multi_relation = one_pass
         run(cfg)
+        written = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+        results[one_pass] = written["relations"]
+    for relation in ("P1376", "P36"):
+        separate, together = results[False][relation], results[True][relation]
+        assert together["test_hits"] == separate["test_hits"]
+        assert together["most_predicted"] == separate["most_predicted"]
 
 
 @pytest.mark.parametrize("deterministic", ["false", "true"])

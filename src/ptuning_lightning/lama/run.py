@@ -62,7 +62,10 @@ def run_job(cfg: DictConfig, out: Path, started: float) -> dict:
     method = build_method(cfg)
     control = cfg.backbone.control  # its record (below) needs the model, even with none pending
     backbone = load_backbone(cfg) if pending or control else None
-    if pending and cfg.multi_relation:
+    one_pass = cfg.multi_relation and not method.model_free  # the prior: no pass to share
+    if pending and cfg.multi_relation and not one_pass:
+        log.info("multi_relation: prompt=%s calls no model; relations run one by one", method.name)
+    if pending and one_pass:
         for relation, done in run_in_one_pass(cfg, pending, backbone, method).items():
             write_results(out / relation / RELATION_RESULT, done)
             per_relation[relation] = done
@@ -193,8 +196,7 @@ def run_in_one_pass(
     if not method.one_pass:
         raise ValueError(
             f"multi_relation: prompt={method.name} ({relations[0]}) is not supported; one "
-            "pass serves prompts over a frozen backbone (not finetune, autoprompt, prior or "
-            "ensembles)"
+            "pass serves prompts over a frozen backbone (not finetune, autoprompt or ensembles)"
         )
     parts = {
         relation: build_relation(for_relation(cfg, relation), backbone, method)

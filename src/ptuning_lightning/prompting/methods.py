@@ -8,7 +8,8 @@ by name; it asks the method:
 - ``module(backbone, data, seed)``: a LightningModule of its own instead of the family's
   (LAMA's prior and AutoPrompt search), or None;
 - ``families`` / ``one_pass`` / ``single_process``: where it applies (SuperGLUE tasks,
-  LAMA's one pass, DDP);
+  LAMA's one pass, DDP); ``model_free``: its answers need no model (the prior), so LAMA's
+  one pass has nothing to share and its relations run one by one;
 - ``uses_pseudo_tokens`` / ``head``: for SuperGLUE, which of the task's templates it takes
   (P-Tuning's or the manual one) and whether a classifier reads the answer slot;
 - ``label``: its name in ``results.json`` (``method``) and in the report.
@@ -64,6 +65,7 @@ class PromptMethod:
     single_process: ClassVar[bool] = False  # refuses trainer=ddp
     uses_pseudo_tokens: ClassVar[bool] = True  # SuperGLUE: the P-Tuning template, not the manual
     head: ClassVar[bool] = False  # SuperGLUE: a classifier on the answer slot, not label words
+    model_free: ClassVar[bool] = False  # answers without calling the model (the prior)
 
     def __init__(
         self,
@@ -119,6 +121,7 @@ class Prior(PromptMethod):
     (``prior_module``): it holds the training answers."""
 
     uses_pseudo_tokens = False
+    model_free = True
 
     @property
     def one_pass(self) -> bool:
