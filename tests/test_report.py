@@ -313,6 +313,27 @@ def test_bootstrap_intervals_and_paired_differences(tmp_path):
     assert "| tiny-gpt2 | ptuning (prompt.template=A) | ptuning (prompt.template=B) | +50.0" in text
 
 
+def test_rows_over_different_relations_pair_on_the_common_ones(tmp_path):
+    """LPAQA on a causal LM lacks P1412, so its row covers fewer relations. A covers P19
+    (all 10 facts hit), P37 (5 of 10) and P36 (none); B covers P19 (none) and P37 (the same 5
+    facts). Their paired macro is over P19 and P37: B - A = (-100 + 0) / 2 = -50 points, not
+    the gap of their own macros (25 - 50 = -25)."""
+    half = "1" * 5 + "0" * 5
+    job_with(tmp_path, "a", "ptuning", 1, {"P19": "1" * 10, "P37": half, "P36": "0" * 10})
+    job_with(tmp_path, "b", "lpaqa_mine", 1, {"P19": "0" * 10, "P37": half})
+    t = report.tables(reporting.load_runs([tmp_path])[0])
+    header, rows = report.paired_table(t, report.Bootstrap())
+    by_relation = {
+        row[header.index("relation")]: dict(zip(header, row, strict=True)) for row in rows
+    }
+    assert set(by_relation) == {"macro", "P19", "P37"}
+    assert by_relation["macro"]["row_a"] == "lpaqa_mine"  # discrete prompts come first
+    assert by_relation["macro"]["difference"] == pytest.approx(-0.5)
+    assert by_relation["macro"]["relations"] == 2
+    assert by_relation["P37"]["difference"] == 0.0 and by_relation["P37"]["relations"] == 1
+    assert "| 2 common relations |" in report.markdown_tables(t, report.Bootstrap())
+
+
 def test_jobs_of_one_relation_each_merge_by_seed(tmp_path):
     """A sweep over task.relation (one job per relation) x 2 seeds: one row of 2 seeds whose
     macro averages each seed's relations (P19 0.2 and P37 0.4, then 0.4 and 0.6)."""

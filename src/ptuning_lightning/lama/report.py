@@ -290,23 +290,29 @@ class Bootstrap:
 
 def paired(t: Tables, boot: Bootstrap) -> list[tuple[Row, Row, str, tuple[float, float, float]]]:
     """Every two rows of a backbone: (a, b, relation or "macro", difference) for each relation
-    both cover, and the macro (and "macro:seen", "macro:unseen": on the facts whose object is
-    or is not a training object) when they cover the same relations, where the rows' per-fact
-    hits allow it."""
+    both cover, and the macro over the relations both cover (and "macro:seen", "macro:unseen":
+    on the facts whose object is or is not a training object), where the rows' per-fact hits
+    allow it. Rows over different relation sets (LPAQA has no causal prompt for P1412) are so
+    compared on their common relations (``common_relations``)."""
     out = []
     for i, a in enumerate(t.rows):
         for b in t.rows[i + 1 :]:
             if a.key.backbone != b.key.backbone:
                 continue
-            if a.relations == b.relations:
-                for part in (None, *PARTS):  # all facts, then seen and unseen objects
-                    macro = boot.difference(a, b, sorted(a.relations, key=natural), part)
-                    name = f"macro:{part}" if part else "macro"
-                    out += [(a, b, name, macro)] if macro is not None else []
-            for relation in sorted(a.relations & b.relations, key=natural):
+            common = common_relations(a, b)
+            for part in (None, *PARTS) if common else ():  # all facts, then seen and unseen
+                macro = boot.difference(a, b, common, part)
+                name = f"macro:{part}" if part else "macro"
+                out += [(a, b, name, macro)] if macro is not None else []
+            for relation in common:
                 difference = boot.difference(a, b, [relation])
                 out += [(a, b, relation, difference)] if difference is not None else []
     return out
+
+
+def common_relations(a: Row, b: Row) -> list[str]:
+    """The relations both rows cover, in natural order: what their paired macro averages."""
+    return sorted(a.relations & b.relations, key=natural)
 
 
 def cell_text(row: Row, boot: Bootstrap) -> str:
@@ -352,13 +358,17 @@ def macro_table(t: Tables, boot: Bootstrap) -> tuple[list[str], list[list]]:
 
 def paired_table(t: Tables, boot: Bootstrap) -> tuple[list[str], list[list]]:
     """The paired bootstrap as (header, rows): difference a - b in test P@1 (fractions) with
-    its 95% interval, per relation and macro, and whether it is within noise."""
+    its 95% interval, per relation and macro, whether it is within noise, and how many
+    relations it averages (a macro: the relations both rows cover)."""
     header = ["backbone", "row_a", "row_b", "relation", "difference", "ci95_low", "ci95_high"]
     rows = [
-        [a.key.backbone, a.key.label(), b.key.label(), relation, *diff, within_noise(diff)]
+        [
+            *(a.key.backbone, a.key.label(), b.key.label(), relation, *diff, within_noise(diff)),
+            len(common_relations(a, b)) if relation.startswith("macro") else 1,
+        ]
         for a, b, relation, diff in paired(t, boot)
     ]
-    return [*header, "within_noise"], rows
+    return [*header, "within_noise", "relations"], rows
 
 
 def relation_table(t: Tables) -> tuple[list[str], list[list]]:
@@ -628,10 +638,18 @@ def markdown_paired(t: Tables, boot: Bootstrap) -> str:
         found = parts.get((a.key, b.key), {})
         by_part = [interval_text(found.get(p), mark=True) for p in PARTS] if split else []
         row = [a.key.backbone, a.key.label(), b.key.label(), interval_text(diff), verdict]
-        rows.append([*row, *by_part, counts])
+        rows.append([*row, *by_part, counts, over_text(a, b)])
     header = ["backbone", "a", "b", "a - b [95% interval]", "better"]
     header += [f"{p} objects: a - b" for p in PARTS] if split else []
-    return "\n".join([*lines, markdown_table([*header, "relations a / b better"], rows)])
+    header += ["relations a / b better", "macro over"]
+    return "\n".join([*lines, markdown_table(header, rows)])
+
+
+def over_text(a: Row, b: Row) -> str:
+    """What a paired macro averages: "41 relations", or "40 common relations" when the rows
+    cover different sets."""
+    n = len(common_relations(a, b))
+    return f"{n} relations" if a.relations == b.relations else f"{n} common relations"
 
 
 def split_text(row: Row, part: str) -> str:
