@@ -140,6 +140,13 @@ def test_report_tables_problems_and_plots(sweep: Path, tmp_path: Path, capsys):
     text = (out / reporting.REPORT_MD).read_text()
     assert "| tiny-gpt2 | ptuning | lstm | 65.0 ± 7.1 | n/a | n/a | 2 | 3 |" in text
     assert "| tiny-gpt2 | ptuning | mlp | 15.0 | n/a | n/a | 1 | 2 |" in text
+    table2 = text.split("## Table 2")[1]  # a line per relation, a column per row
+    assert (
+        "| relation | tiny-gpt2 / manual | tiny-gpt2 / ptuning / lstm | tiny-gpt2 / ptuning / mlp |"
+        in table2
+    )
+    assert "| P19 | 20.0 ± 0.0 | 55.0 ± 7.1 | 10.0 |" in table2  # mlp: one seed, no per-fact hits
+    assert "| P103 | 40.0 ± 0.0 | 75.0 ± 7.1 | — |" in table2
     assert "No prior row for tiny-gpt2" in text
     assert "tiny-gpt2 / ptuning (mlp) lacks P103" in text
     problems = text.split("## Missing or failed runs")[1]
@@ -311,6 +318,10 @@ def test_bootstrap_intervals_and_paired_differences(tmp_path):
     assert side["P-Tuning (prompt.template=D)"] == "100.0 [100.0, 100.0] (best)"
     text = report.markdown_tables(t, boot)
     assert "| tiny-gpt2 | ptuning (prompt.template=A) | ptuning (prompt.template=B) | +50.0" in text
+    assert (
+        "| P19 | 50.0 [40.0, 60.0] | 0.0 [0.0, 0.0] | 50.0 [40.0, 60.0] | 100.0 [100.0, 100.0] |"
+        in text
+    )
 
 
 def test_rows_over_different_relations_pair_on_the_common_ones(tmp_path):

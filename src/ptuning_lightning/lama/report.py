@@ -5,8 +5,8 @@ other config value in which the runs differ (template, lr, epochs, ...), so that
 are averaged. Table 1: macro test P@1 per row, mean ± std over seeds, or a 95% bootstrap
 interval over facts for a single seed, and on seen and unseen objects (whether the fact's
 object is among the relation's training objects: recall or prior). Table 2: test P@1 per
-relation, mean over seeds. The prior row (``prompt=prior``) comes first, and a table without
-one says how to add it.
+relation, a line per relation, with the same uncertainty (its CSV: the means). The prior
+row (``prompt=prior``) comes first, and a table without one says how to add it.
 Paired bootstrap (over facts and seeds) between every two rows of a backbone, per relation
 and macro; differences whose 95% interval holds 0 are marked as within noise. Collapse
 (Table 3): per run and relation, the share of test facts given one word, the runs that
@@ -315,14 +315,14 @@ def common_relations(a: Row, b: Row) -> list[str]:
     return sorted(a.relations & b.relations, key=natural)
 
 
-def cell_text(row: Row, boot: Bootstrap) -> str:
-    """Macro test P@1 (%) of a row: mean ± std over seeds, or with one seed its 95%
-    bootstrap interval over facts in brackets."""
-    relations = sorted(row.relations, key=natural)
-    m, s = row.macro()
-    if len(row.seeds) > 1 or m is None:
-        return plus_minus(m, s)
-    interval = boot.interval(row, relations)
+def cell_text(row: Row, boot: Bootstrap, relation: str | None = None) -> str:
+    """Test P@1 (%) of a row, macro or on one ``relation``: mean ± std over seeds, or with one
+    seed its 95% bootstrap interval over facts in brackets ("—": not run)."""
+    scores = row.scores(relation) if relation else row.macros
+    m, s = mean_std(scores)
+    if len(scores) != 1:
+        return plus_minus(m, s) or "—"
+    interval = boot.interval(row, [relation] if relation else sorted(row.relations, key=natural))
     if interval is None:
         return percent(m, 1)
     return f"{percent(m, 1)} [{percent(interval[0], 1)}, {percent(interval[1], 1)}]"
@@ -574,13 +574,8 @@ def markdown_tables(t: Tables, boot: Bootstrap | None = None) -> str:
         ]
         for row in t.rows
     ]
-    table2 = [
-        [
-            *key_cells(t, row.key),
-            *(percent(row.relation_mean(rel), 1) or "—" for rel in t.relations),
-        ]
-        for row in t.rows
-    ]
+    table2 = [[rel, *(cell_text(row, boot, rel) for row in t.rows)] for rel in t.relations]
+    names = [" / ".join(c for c in key_cells(t, row.key) if c != "—") for row in t.rows]
     return "\n".join(
         [
             "## Methods side by side: macro test P@1 (%)",
@@ -608,9 +603,11 @@ def markdown_tables(t: Tables, boot: Bootstrap | None = None) -> str:
             "",
             markdown_collapse(t, boot),
             "",
-            "## Table 2: test P@1 (%) per relation, mean over seeds",
+            "## Table 2: test P@1 (%) per relation",
             "",
-            markdown_table([*key_columns(t), *t.relations], table2),
+            "Mean ± sample std over seeds; one seed: [95% bootstrap interval over facts].",
+            "",
+            markdown_table(["relation", *names], table2),
         ]
     )
 
