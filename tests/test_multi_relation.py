@@ -63,28 +63,6 @@ def test_training_in_one_pass_follows_separate_runs(tmp_path, compose_cfg):
         torch.testing.assert_close(*prompts, atol=1e-5, rtol=0)
 
 
-def test_each_relation_is_padded_to_its_own_longest_example(tmp_path, compose_cfg, monkeypatch):
-    """A training step puts every relation's batch through the backbone on its own, cut to
-    its own longest example (as its separate run does), not padded to the longest example of
-    any relation: on all 41 relations that padding gave steps up to 3x the tokens."""
-    seen = []
-    loss = OnePassModule.loss
-
-    def spy(self, batch, prompt, reduction="mean"):
-        if self.training:
-            relations = batch["relation"].unique().tolist()
-            seen.append((relations, bool(batch["attention_mask"][:, -1].any())))
-        return loss(self, batch, prompt, reduction)
-
-    monkeypatch.setattr(OnePassModule, "loss", spy)
-    overrides = ["backbone=tiny-gpt2", RELATIONS, "trainer.max_epochs=1", "multi_relation=true"]
-    run(compose_cfg("train", tmp_path, overrides))
-    assert len(seen) > 3
-    assert all(len(relations) == 1 for relations, _ in seen)  # one relation per forward
-    assert all(last_column_used for _, last_column_used in seen)  # no column of padding only
-    assert {relations[0] for relations, _ in seen} == {0, 1, 2}
-
-
 def test_prompts_with_their_own_backbone_are_refused(tmp_path, compose_cfg):
     overrides = ["backbone=tiny-gpt2", RELATIONS, "prompt=finetune", "multi_relation=true"]
     with pytest.raises(ValueError, match="multi_relation: prompt=finetune .* not supported"):

@@ -231,16 +231,9 @@ class OnePassModule(PromptModule):
         self.present = set()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Each relation's batch goes through the backbone cut to its own longest example, as
-        in its separate run. Padded to the longest example of any relation, a step of all 41
-        relations held 1.5x the tokens (median; up to 3x), and one such pass ran out of
-        24 GiB (docs/lama_all41/README.md)."""
-        parts = [own_padding(batch, batch["relation"] == r) for r in batch["relation"].unique()]
-        relation = torch.cat([part["relation"] for part in parts])
+        relation = batch["relation"]
         self.present |= set(relation.unique().tolist())
-        per_example = torch.cat(
-            [self.loss(part, self.prompt_rows(part), reduction="none") for part in parts]
-        )
+        per_example = self.loss(batch, self.prompt_rows(batch), reduction="none")
         count = torch.bincount(relation, minlength=len(self.encoder))[relation]
         loss = (per_example / count).sum()  # the sum over relations of each one's batch mean
         self.log("train/loss", loss, prog_bar=True, batch_size=relation.numel())
@@ -310,15 +303,6 @@ class OnePassModule(PromptModule):
             setattr(self, key, state[key])
         self.active.clear()
         self.active.update(state["active"])
-
-
-def own_padding(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The ``rows`` (a mask) of a right-padded batch, cut to their own longest example."""
-    part = {key: value[rows] for key, value in batch.items()}
-    length = int(part["attention_mask"].sum(1).max())
-    for key in ("input_ids", "prompt_index", "attention_mask"):  # the (B, T) fields
-        part[key] = part[key][:, :length]
-    return part
 
 
 def per_relation_best(
