@@ -2,7 +2,7 @@
 whose test P@1 ranges over more than ``WIDE`` (lowest to highest seed), with each seed's
 score.
 
-    python docs/lama_all41/spread.py logs/cpu_all41_s34 logs/cpu_all41_s35 logs/cpu_all41_s36
+    python docs/lama_all41/spread.py logs/cpu_all41_s34 logs/cpu_all41_s36
 """
 
 from __future__ import annotations

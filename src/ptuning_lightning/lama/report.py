@@ -362,10 +362,8 @@ def paired_table(t: Tables, boot: Bootstrap) -> tuple[list[str], list[list]]:
     relations it averages (a macro: the relations both rows cover)."""
     header = ["backbone", "row_a", "row_b", "relation", "difference", "ci95_low", "ci95_high"]
     rows = [
-        [
-            *(a.key.backbone, a.key.label(), b.key.label(), relation, *diff, within_noise(diff)),
-            len(common_relations(a, b)) if relation.startswith("macro") else 1,
-        ]
+        [a.key.backbone, a.key.label(), b.key.label(), relation, *diff, within_noise(diff)]
+        + [len(common_relations(a, b)) if relation.startswith("macro") else 1]
         for a, b, relation, diff in paired(t, boot)
     ]
     return [*header, "within_noise", "relations"], rows
