@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,48 @@ def test_default_out_and_single_encoder(sweep: Path):
     assert "encoder" not in read_csv(out / report.MACRO_CSV)[0]
     assert not (out / report.ENCODERS_PNG).exists()
     assert "## Missing or failed runs\n\nNone." in (out / reporting.REPORT_MD).read_text()
+
+
+def test_kept_runs_rebuild_and_extend_the_report(sweep: Path, tmp_path: Path):
+    """--keep-runs writes each run's results.json, gzipped, under OUT/runs/: the report rebuilt
+    from them alone is byte-identical, and a new seed added to them joins its row (P-Tuning
+    lstm: seeds 1 and 2 at macro 60 and 70, seed 3 at 80 -> 70.00 ± 10.00)."""
+    for job in ("4", "5", "6"):  # no failed or missing job: those are not runs to keep
+        for path in sorted((sweep / job).rglob("*"), reverse=True):
+            path.rmdir() if path.is_dir() else path.unlink()
+    out = tmp_path / "out"
+    ptl_report([str(sweep), "--out", str(out), "--keep-runs"])
+    kept = sorted(p.relative_to(out) for p in out.rglob(reporting.KEPT_JSON))
+    assert kept == [Path(f"runs/sweep/{job}/results.json.gz") for job in "0123"]
+    tables = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    gzipped = {p: p.read_bytes() for p in out.rglob(reporting.KEPT_JSON)}
+
+    rebuilt = tmp_path / "rebuilt"
+    shutil.copytree(out / reporting.KEPT_RUNS, rebuilt / reporting.KEPT_RUNS)
+    ptl_report([str(rebuilt / reporting.KEPT_RUNS), "--out", str(rebuilt), "--keep-runs"])
+    assert {p.name: p.read_bytes() for p in rebuilt.iterdir() if p.is_file()} == tables
+    ptl_report([str(sweep), "--out", str(out), "--keep-runs"])  # a rerun: the same bytes
+    assert {p: p.read_bytes() for p in out.rglob(reporting.KEPT_JSON)} == gzipped
+
+    new = tmp_path / "seed3"
+    write_job(
+        new / "0", ["seed=3"], result("ptuning", "lstm", 3, {"P19": 0.7, "P37": 0.8, "P103": 0.9})
+    )
+    ptl_report([str(out / reporting.KEPT_RUNS), str(new), "--out", str(out), "--keep-runs"])
+    assert (out / "runs/seed3/0/results.json.gz").exists()
+    ptuning = read_csv(out / report.MACRO_CSV)[1]
+    assert (ptuning["test_p1_mean"], ptuning["test_p1_std"], ptuning["seeds"]) == (
+        "70.00",
+        "10.00",
+        "3",
+    )
+
+    other = tmp_path / "elsewhere" / "sweep"  # a second folder of the same name
+    write_job(other / "0", ["seed=4"], result("manual", "lstm", 4, {"P19": 0.1}))
+    with pytest.raises(SystemExit, match="would both be kept as"):
+        ptl_report(
+            [str(sweep), str(other.parent / "sweep"), "--out", str(tmp_path / "x"), "--keep-runs"]
+        )
 
 
 def run_notebook(sweep: Path, monkeypatch) -> tuple[str, int]:

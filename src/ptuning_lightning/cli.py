@@ -14,7 +14,7 @@ from ptuning_lightning.job import run
 from ptuning_lightning.lama.predict import predict_job
 from ptuning_lightning.lama.report import MACRO_CSV, PAIRED_CSV, RELATIONS_CSV, tables, write_report
 from ptuning_lightning.launch.config import CONFIG_DIR
-from ptuning_lightning.reporting import REPORT_MD, load_runs, task_family
+from ptuning_lightning.reporting import KEPT_RUNS, REPORT_MD, keep_runs, load_runs, task_family
 from ptuning_lightning.superglue.report import (
     SUPERGLUE_COST_CSV,
     SUPERGLUE_CSV,
@@ -43,11 +43,18 @@ def predict(cfg: DictConfig) -> None:
 
 
 def report(argv: list[str] | None = None) -> None:
-    """ptl-report DIR... [--out OUTDIR]: every results.json under the run or sweep folders ->
-    report.md (printed) and the CSV tables and plots, in OUTDIR (default <first DIR>/report)."""
+    """ptl-report DIR... [--out OUTDIR] [--keep-runs]: every results.json under the run or
+    sweep folders -> report.md (printed) and the CSV tables and plots, in OUTDIR (default
+    <first DIR>/report); with --keep-runs, the runs themselves too (``keep_runs``)."""
     parser = argparse.ArgumentParser(description="Tables and plots of finished runs.")
     parser.add_argument("dirs", nargs="+", help="run or sweep folders holding results.json")
     parser.add_argument("--out", type=Path, help="output folder (default: <first DIR>/report)")
+    parser.add_argument(
+        "--keep-runs",
+        action="store_true",
+        help=f"also write each run's results.json, gzipped, under OUTDIR/{KEPT_RUNS}/: "
+        f"`ptl-report OUTDIR/{KEPT_RUNS} [NEW_DIR...] --out OUTDIR` rebuilds or extends the report",
+    )
     args = parser.parse_args(argv)
     try:
         runs, problems = load_runs(args.dirs)
@@ -56,6 +63,8 @@ def report(argv: list[str] | None = None) -> None:
     if not runs and not problems:
         raise SystemExit(f"no results.json under {', '.join(args.dirs)}")
     out = args.out or Path(args.dirs[0]) / "report"
+    if args.keep_runs:
+        print(f"Kept {keep_runs(runs, args.dirs, out)} new runs under {out / KEPT_RUNS}/")
     glue = [r for r in runs if task_family(r) == "superglue"]
     lama = [r for r in runs if task_family(r) == "lama"]
     if glue and not lama:

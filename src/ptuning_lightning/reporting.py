@@ -6,6 +6,7 @@ Markdown)."""
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import re
@@ -17,6 +18,10 @@ from statistics import mean, stdev
 import yaml
 
 REPORT_MD = "report.md"
+RESULTS_JSON = "results.json"
+# ptl-report --keep-runs: each run's results.json, gzipped, under OUT/runs/, so that a committed
+# report can be rebuilt, and extended with new seeds, from committed files alone.
+KEPT_RUNS, KEPT_JSON = "runs", "results.json.gz"
 
 # Config keys that never make two runs different settings: the seed, where files go, how the
 # job is run and logged, and which relations it covered (rows over different relation sets
@@ -134,7 +139,8 @@ def settings(
 
 
 def load_runs(dirs: list[str | Path]) -> tuple[list[dict], list[Problem]]:
-    """The successful runs under the given run or sweep folders, and every failed or missing job.
+    """The successful runs under the given run or sweep folders (or kept runs, ``KEPT_RUNS``),
+    and every failed or missing job.
 
     A job folder is one with ``.hydra/`` (Hydra writes it first); without ``results.json`` the job
     is missing (crashed, killed or still running). Each run gets its folder as ``"path"``."""
@@ -142,28 +148,64 @@ def load_runs(dirs: list[str | Path]) -> tuple[list[dict], list[Problem]]:
     for folder in map(Path, dirs):
         if not folder.exists():
             raise FileNotFoundError(f"no such run folder: {folder}")
-        for path in sorted(folder.rglob("results.json")):
+        for path in result_files(folder):
             run, problem = read_result(path)
             runs += [run] if run else []
             problems += [problem] if problem else []
         for job in sorted(p.parent for p in folder.rglob(".hydra") if p.is_dir()):
-            if not (job / "results.json").exists():
+            if not (job / RESULTS_JSON).exists():
                 problems.append(Problem(str(job), "missing", overrides(job), "no results.json"))
     return runs, sorted(problems, key=lambda p: natural(p.path))
 
 
+def result_files(folder: Path) -> list[Path]:
+    """Every results.json under ``folder``, and every kept one (``KEPT_JSON``) that has no
+    plain results.json beside it."""
+    plain = sorted(folder.rglob(RESULTS_JSON))
+    kept = [p for p in sorted(folder.rglob(KEPT_JSON)) if not (p.parent / RESULTS_JSON).exists()]
+    return plain + kept
+
+
 def read_result(path: Path) -> tuple[dict | None, Problem | None]:
-    """One results.json as (run, None), or (None, problem) when it is unreadable or failed."""
+    """One results.json (or kept ``results.json.gz``) as (run, None), or (None, problem) when
+    it is unreadable or failed."""
     job = str(path.parent)
     try:
-        run = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+        raw = path.read_bytes()
+        run = json.loads(gzip.decompress(raw) if path.name == KEPT_JSON else raw)
+    except (OSError, ValueError, EOFError) as err:
         return None, Problem(job, "failed", overrides(path.parent), f"unreadable: {err}")
     if run.get("status") == "failed":
         return None, Problem(job, "failed", describe(run), str(run.get("error") or "no message"))
     if not run.get("relations") and not run.get("task"):
         return None, Problem(job, "failed", describe(run), "results.json has no relations")
     return {**run, "path": job}, None
+
+
+def keep_runs(runs: list[dict], dirs: list[str | Path], out: Path) -> int:
+    """Write each run's results.json, gzipped, to ``OUT/runs/<its DIR's name>/<its job folder
+    under DIR>/results.json.gz`` (the bytes do not depend on when: a rerun rewrites the same
+    files). Runs read from ``OUT/runs`` itself stay as they are. Returns how many were
+    written."""
+    kept_root = (out / KEPT_RUNS).resolve()
+    folders = [Path(d).resolve() for d in dirs]
+    targets: dict[Path, str] = {}
+    for run in runs:
+        job = Path(run["path"]).resolve()
+        if job.is_relative_to(kept_root):
+            continue
+        folder = next(f for f in folders if job.is_relative_to(f))
+        target = kept_root / folder.name / job.relative_to(folder) / KEPT_JSON
+        if target in targets:
+            raise SystemExit(
+                f"--keep-runs: {run['path']} and {targets[target]} would both be kept as "
+                f"{target}; give the run folders different names"
+            )
+        targets[target] = run["path"]
+        text = json.dumps({k: v for k, v in run.items() if k != "path"}, indent=1)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(gzip.compress(text.encode(), mtime=0))
+    return len(targets)
 
 
 def describe(run: dict) -> str:
