@@ -173,6 +173,47 @@ def test_gradient_checkpointing_gives_the_same_gradient(name, request) -> None:
     assert len(recomputed) == 2  # the forward, then the recomputation in the backward pass
 
 
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_length_buckets_give_each_rows_own_states_and_the_same_gradient(name, request) -> None:
+    """execution.length_buckets=3 on five right-padded rows of lengths 2, 9, 4, 7, 3: three
+    body calls on 2, 2 and 1 rows (by length: [2, 3], [4, 7], [9]) cut to 3, 7 and 9 tokens;
+    each real token's state equals that row run alone with no padding (a plain transformers
+    forward); and a prompt's loss and gradient on a LAMA batch
+    equal those of the unbucketed backbone."""
+    from conftest import tiny_backbone
+
+    plain = request.getfixturevalue(name)
+    bucketed = configure_execution(tiny_backbone(plain.name, plain.kind), length_buckets=3)
+    lengths = [2, 9, 4, 7, 3]
+    rows = [[(7 * i + 3 * j) % 90 + 5 for j in range(n)] for i, n in enumerate(lengths)]
+    ids = torch.tensor([r + [0] * (9 - len(r)) for r in rows])
+    mask = torch.tensor([[1] * n + [0] * (9 - n) for n in lengths])
+    calls = []
+    hook = bucketed.body.register_forward_hook(
+        lambda _m, _a, kwargs, _o: calls.append(tuple(kwargs["inputs_embeds"].shape[:2])),
+        with_kwargs=True,
+    )
+    with torch.no_grad():
+        states = bucketed.hidden(bucketed.embed(ids), mask)
+    hook.remove()
+    assert calls == [(2, 3), (2, 7), (1, 9)]
+    for i, row in enumerate(rows):
+        with torch.no_grad():
+            alone = plain.model.base_model(input_ids=torch.tensor([row])).last_hidden_state[0]
+        torch.testing.assert_close(states[i, : len(row)], alone, atol=1e-5, rtol=1e-5)
+
+    loss, grad = prompt_grad(plain)
+    loss_b, grad_b = prompt_grad(bucketed)
+    torch.testing.assert_close(loss_b, loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad_b, grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, True, "4"])
+def test_length_buckets_must_be_a_whole_number(gpt2, value) -> None:
+    with pytest.raises(ValueError, match="execution.length_buckets must be a whole number"):
+        configure_execution(gpt2, length_buckets=value)
+
+
 def test_compiled_backbone_gives_the_same_loss(gpt2) -> None:
     """The compile switch (here the quick ``eager`` backend; ``true`` means inductor)."""
     from conftest import tiny_backbone

@@ -1,6 +1,7 @@
-"""How the frozen backbone executes: gradient checkpointing and ``torch.compile``.
+"""How the frozen backbone executes: gradient checkpointing, ``torch.compile`` and length
+buckets (``Backbone.hidden``).
 
-Both change cost, not results. Checkpointing keeps only each layer's input during the forward
+All three change cost, not results. Checkpointing keeps only each layer's input during the forward
 pass and recomputes the layer in the backward pass (about one more forward: activations of one
 layer at a time instead of all of them, for GPT2-xl-class models on one GPU). Transformers'
 own switch (``gradient_checkpointing_enable``) acts only in training mode, and the frozen
@@ -22,10 +23,24 @@ from ptuning_lightning.prompting.backbones import Backbone
 
 
 def configure_execution(
-    backbone: Backbone, gradient_checkpointing: bool = False, compile: bool | str = False
+    backbone: Backbone,
+    gradient_checkpointing: bool = False,
+    compile: bool | str = False,
+    length_buckets: int = 1,
 ) -> Backbone:
     """Apply the ``execution`` config to ``backbone`` (in place) and return it.
-    ``compile``: false, true (inductor) or the name of a ``torch.compile`` backend."""
+    ``compile``: false, true (inductor) or the name of a ``torch.compile`` backend;
+    ``length_buckets``: how many groups of similar length a batch's rows go through the body
+    in (1: all at once)."""
+    if (
+        isinstance(length_buckets, bool)
+        or not isinstance(length_buckets, int)
+        or length_buckets < 1
+    ):
+        raise ValueError(
+            f"execution.length_buckets must be a whole number >= 1, got {length_buckets!r}"
+        )
+    backbone.length_buckets = length_buckets
     if gradient_checkpointing:
         layers = [m for m in backbone.body.modules() if isinstance(m, GradientCheckpointingLayer)]
         if not layers:
