@@ -1,5 +1,5 @@
 """One P-Tuning row's seeds across committed ``ptl-report`` folders: each seed's macro test
-P@1 and their mean ± std, the relations whose mean over seeds is below the prior's, the
+P@1 and their mean ± std, the relations whose mean over seeds is below the prior's or MP's, the
 collapsed runs, and the relations whose test P@1 spans more than ``WIDE`` from the lowest to
 the highest seed. It reads each folder's ``table3_collapse.csv`` (a line per relation and
 seed: test P@1, the prior's, the collapse rate), so seeds reported in different sessions
@@ -20,20 +20,38 @@ WIDE = 10.0  # points; fixed in docs/lama_all41/README.md before seeds 35 and 36
 PRECISION = 0.01  # points: the CSV's rounding; closer to the prior than this cannot be called
 
 
-def seed_scores(encoder: str, folders: list[str]) -> dict[tuple[str, int], dict[str, str]]:
-    """(relation, seed) -> its table3_collapse.csv line, for ``ptuning`` with ``encoder``."""
-    lines: dict[tuple[str, int], dict[str, str]] = {}
+def table3_lines(folders: list[str]) -> list[tuple[Path, dict[str, str]]]:
+    """Every line of the folders' table3_collapse.csv, with the file it is from."""
+    out = []
     for folder in folders:
         path = Path(folder) / "table3_collapse.csv"
         with path.open(newline="") as f:
-            for line in csv.DictReader(f):
-                if line["method"] != "ptuning" or line.get("encoder", encoder) != encoder:
-                    continue
-                key = (line["relation"], int(line["seed"]))
-                if key in lines:
-                    raise SystemExit(f"{path}: relation {key[0]} seed {key[1]} is reported twice")
-                lines[key] = line
+            out += [(path, line) for line in csv.DictReader(f)]
+    return out
+
+
+def seed_scores(encoder: str, folders: list[str]) -> dict[tuple[str, int], dict[str, str]]:
+    """(relation, seed) -> its table3_collapse.csv line, for ``ptuning`` with ``encoder``."""
+    lines: dict[tuple[str, int], dict[str, str]] = {}
+    for path, line in table3_lines(folders):
+        if line["method"] != "ptuning" or line.get("encoder", encoder) != encoder:
+            continue
+        key = (line["relation"], int(line["seed"]))
+        if key in lines:
+            raise SystemExit(f"{path}: relation {key[0]} seed {key[1]} is reported twice")
+        lines[key] = line
     return lines
+
+
+def manual_scores(folders: list[str]) -> dict[str, float]:
+    """Relation -> MP's test P@1 (it trains nothing: every report must give the same)."""
+    scores: dict[str, float] = {}
+    for path, line in table3_lines(folders):
+        if line["method"] == "manual":
+            p1 = float(line["test_p1"])
+            if scores.setdefault(line["relation"], p1) != p1:
+                raise SystemExit(f"{path}: MP on {line['relation']} differs from another report")
+    return scores
 
 
 def main(encoder: str, folders: list[str]) -> None:
@@ -47,21 +65,26 @@ def main(encoder: str, folders: list[str]) -> None:
     macro = {s: mean(p1[r, s] for r in relations) for s in seeds}
     print(f"ptuning ({encoder}), {len(relations)} relations, seeds {seeds}")
     per_seed = ", ".join(f"{s}: {m:.1f}" for s, m in macro.items())
-    print(f"macro test P@1: {mean(macro.values()):.1f} ± {stdev(macro.values()):.1f} ({per_seed})")
+    spread = f" ± {stdev(macro.values()):.1f}" if len(seeds) > 1 else " (one seed: no std)"
+    print(f"macro test P@1: {mean(macro.values()):.1f}{spread} ({per_seed})")
 
     prior = {r: float(lines[r, seeds[0]]["prior_p1"]) for r in relations}
-    gap = {r: mean(p1[r, s] for s in seeds) - prior[r] for r in relations}
-    for name, part in (
-        ("below the prior", [r for r in relations if gap[r] <= -PRECISION]),
-        (
-            "at the prior (too close to call at the CSV's 0.01)",
-            [r for r in relations if abs(gap[r]) < PRECISION],
-        ),
-    ):
-        print(f"\nmean over seeds {name}: {len(part)} of {len(relations)}")
-        for r in part:
-            scores = ", ".join(f"{p1[r, s]:.2f}" for s in seeds)
-            print(f"  {r}: {scores} (prior {prior[r]:.2f})")
+    for name, reference in (("the prior", prior), ("MP", manual_scores(folders))):
+        if set(reference) < set(relations):
+            print(f"\n(no {name} on {sorted(set(relations) - set(reference))}: not compared)")
+            continue
+        gap = {r: mean(p1[r, s] for s in seeds) - reference[r] for r in relations}
+        for part, chosen in (
+            (f"below {name}", [r for r in relations if gap[r] <= -PRECISION]),
+            (
+                f"at {name} (too close to call at the CSV's 0.01)",
+                [r for r in relations if abs(gap[r]) < PRECISION],
+            ),
+        ):
+            print(f"\nmean over seeds {part}: {len(chosen)} of {len(relations)}")
+            for r in chosen:
+                scores = ", ".join(f"{p1[r, s]:.2f}" for s in seeds)
+                print(f"  {r}: {scores} ({name} {reference[r]:.2f})")
 
     collapsed = [(key, line) for key, line in lines.items() if line["collapsed"] == "True"]
     print(f"\ncollapsed runs: {len(collapsed)} of {len(lines)}")
