@@ -189,19 +189,20 @@ def keep_runs(runs: list[dict], dirs: list[str | Path], out: Path) -> int:
     written."""
     kept_root = (out / KEPT_RUNS).resolve()
     folders = [Path(d).resolve() for d in dirs]
-    targets: dict[Path, str] = {}
+    targets: dict[Path, dict] = {}
     for run in runs:
         job = Path(run["path"]).resolve()
         if job.is_relative_to(kept_root):
             continue
         folder = next(f for f in folders if job.is_relative_to(f))
         target = kept_root / folder.name / job.relative_to(folder) / KEPT_JSON
-        if target in targets:
+        if target in targets:  # refused before anything is written
             raise SystemExit(
-                f"--keep-runs: {run['path']} and {targets[target]} would both be kept as "
-                f"{target}; give the run folders different names"
+                f"--keep-runs: {run['path']} and {targets[target]['path']} would both be kept "
+                f"as {target}; give the run folders different names"
             )
-        targets[target] = run["path"]
+        targets[target] = run
+    for target, run in targets.items():
         text = json.dumps({k: v for k, v in run.items() if k != "path"}, indent=1)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(gzip.compress(text.encode(), mtime=0))
