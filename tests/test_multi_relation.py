@@ -60,7 +60,7 @@ def test_training_in_one_pass_follows_separate_runs(tmp_path, compose_cfg, execu
     separate, one_pass = both_ways(tmp_path, compose_cfg, overrides, execution)
     assert {r["epochs"] for r in separate.values()} != {4}  # some relation stopped early
     for relation, alone in separate.items():
-        for key in ("dev_p1", "dev_n", "test_p1", "test_n", "epochs"):
+        for key in ("dev_p1", "dev_n", "test_p1", "test_n", "epochs", "steps"):
             assert one_pass[relation][key] == pytest.approx(alone[key]), (relation, key)
         prompts = [
             torch.load(tmp_path / way / relation / "prompt.pt")["embeddings"]

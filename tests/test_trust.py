@@ -5,7 +5,9 @@ collapse rate, loss curve, prompt norms), each checked against hand-made expecta
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -19,7 +21,7 @@ from ptuning_lightning.cli import train as train_main
 from ptuning_lightning.job import run
 from ptuning_lightning.lama.metrics import RelationMean, TopCandidates
 from ptuning_lightning.lama.module import PriorModule
-from ptuning_lightning.lama.run import fact_results
+from ptuning_lightning.lama.run import check_warmup, fact_results, planned_steps
 from ptuning_lightning.prompting.selection import BestCheckpoint, PatientStopping
 
 
@@ -130,20 +132,45 @@ def test_fact_results_on_hand_made_facts():
 
 
 def test_results_json_carries_the_instrumentation(tmp_path: Path, monkeypatch):
-    """A P-Tuning run on tiny-gpt2 records a loss per epoch, prompt and embedding norms, and
-    per-fact predictions whose hits reproduce test P@1 and whose mode gives the collapse rate."""
+    """A P-Tuning run on tiny-gpt2 records a loss per epoch, its optimizer steps, prompt and
+    embedding norms, and per-fact predictions whose hits reproduce test P@1 and whose mode
+    gives the collapse rate."""
     out = tmp_path / "run"
     overrides = ["backbone=tiny-gpt2", "task.relation=P1376", "trainer.max_epochs=2", *QUIET]
     monkeypatch.setattr("sys.argv", ["ptl-train", *overrides, f"hydra.run.dir={out}"])
     train_main()
     result = json.loads((out / "results.json").read_text())["relations"]["P1376"]
     assert len(result["train_loss"]) == 2 and all(v > 0 for v in result["train_loss"])
+    batches = -(-result["filter"]["train"]["kept"] // 8)  # task.batch_size 8, every epoch
+    assert result["steps"] == 2 * batches
     assert result["test_p1"] == pytest.approx(result["test_hits"].count("1") / result["test_n"])
     counts = Counter(result["test_predictions"])
     assert result["collapse_rate"] == pytest.approx(max(counts.values()) / result["test_n"])
     prompt = torch.load(out / "P1376" / "prompt.pt", weights_only=True)["embeddings"]
     assert result["prompt_norm"] == pytest.approx(float(prompt.norm(dim=-1).mean()), rel=1e-5)
     assert result["embedding_norm"] > 0
+
+
+def test_a_run_that_ends_before_its_warmup_is_named(caplog):
+    """P413 under the demo's recipe: 58 training facts in batches of 8 for 3 epochs are 24
+    optimizer steps, and a linear warmup from 1% over 60 steps gives the last of them
+    0.01 + 0.99 * 23 / 60 = 39% of the rate: warned, naming the keys. 10 epochs (80 steps)
+    outlast the warmup, and a run that no setting bounds is not judged."""
+    warmup = partial(torch.optim.lr_scheduler.LinearLR, start_factor=0.01, total_iters=60)
+    assert planned_steps(58, 8, {"max_epochs": 3, "max_steps": -1}) == 24
+    assert planned_steps(58, 8, {"max_epochs": 3, "max_steps": 10}) == 10
+    assert planned_steps(58, 8, {"max_epochs": 3, "accumulate_grad_batches": 3}) == 9
+    assert planned_steps(58, 8, {"max_epochs": None, "max_steps": -1}) is None
+    with caplog.at_level(logging.WARNING, logger="ptuning_lightning.lama.run"):
+        check_warmup("P413", warmup, 58, 8, {"max_epochs": 3, "max_steps": -1})
+        assert "P413: its run takes at most 24 optimizer steps" in caplog.text
+        assert "reaches 39% of optimizer.lr" in caplog.text
+        assert "trainer.max_epochs" in caplog.text and "warmup.total_iters" in caplog.text
+        caplog.clear()
+        check_warmup("P413", warmup, 58, 8, {"max_epochs": 10, "max_steps": -1})
+        check_warmup("P413", warmup, 58, 8, {"max_epochs": None, "max_steps": -1})
+        check_warmup("P413", None, 58, 8, {"max_epochs": 3, "max_steps": -1})
+    assert caplog.text == ""
 
 
 def test_warmup_on_a_superglue_task(tmp_path, compose_cfg, monkeypatch):

@@ -33,6 +33,7 @@ from ptuning_lightning.lama.metrics import RelationMean, RelationPrecisionAtOne
 from ptuning_lightning.lama.module import PromptModule
 from ptuning_lightning.prompting.backbones import Backbone
 from ptuning_lightning.prompting.encoders import FixedPrompt
+from ptuning_lightning.prompting.module import advanced_warmup
 from ptuning_lightning.prompting.selection import improves
 
 log = logging.getLogger(__name__)
@@ -194,12 +195,11 @@ class OnePassModule(PromptModule):
         per-epoch scheduler, as the warmup of a separate run does)."""
         self.stand_ins = {}
         for group in optimizer.param_groups:
-            stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-            schedule = self.warmup_factory(stand_in)
-            for _ in range(self.relation_steps[group["relation"]]):  # a resumed pass
-                stand_in.step()
-                schedule.step()
-            self.stand_ins[group["relation"]] = [stand_in, schedule, None]
+            r = group["relation"]  # a resumed pass goes on from the steps it took
+            self.stand_ins[r] = [
+                *advanced_warmup(self.warmup_factory, self.relation_steps[r]),
+                None,
+            ]
         factors = [self._factor_change(group["relation"]) for group in optimizer.param_groups]
         scheduler = torch.optim.lr_scheduler.MultiplicativeLR(
             optimizer,

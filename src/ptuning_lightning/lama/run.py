@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -43,6 +44,7 @@ from ptuning_lightning.launch.sweeps import (
 )
 from ptuning_lightning.prompting.backbones import Backbone
 from ptuning_lightning.prompting.methods import PromptMethod, Target
+from ptuning_lightning.prompting.module import advanced_warmup
 
 log = logging.getLogger(__name__)
 ONE_PASS = "one_pass"  # the one pass's run: <output_dir>/one_pass/checkpoints, its logger run
@@ -144,7 +146,49 @@ def build_relation(
         backbone_lr=method.backbone_lr,
         template_weights=data.template_weights,
     )
+    if module.trains:
+        settings = {**cfg.trainer, **method.trainer}
+        check_warmup(relation, steps.warmup, len(data.datasets["train"]), data.batch_size, settings)
     return module, data
+
+
+def check_warmup(
+    relation: str, warmup: Callable | None, examples: int, batch_size: int, trainer: dict
+) -> None:
+    """Warn where the relation's run ends before its warmup does: its learning rate would
+    never reach ``optimizer.lr`` (the demo's 3 epochs give P413's 58 training facts 24 steps,
+    against a 60-step warmup), and a run that barely moves would read as a method's failure."""
+    steps = planned_steps(examples, batch_size, trainer)
+    if warmup is None or not steps:
+        return
+    stand_in, _ = advanced_warmup(warmup, steps - 1)  # the factor of the run's last step
+    reached = stand_in.param_groups[0]["lr"]
+    if reached < 0.999:
+        log.warning(
+            "%s: its run takes at most %d optimizer steps (%d training facts, batch %d, "
+            "trainer.max_epochs=%s, trainer.max_steps=%s), and the warmup has not ended by the "
+            "last one: the learning rate reaches %.0f%% of optimizer.lr. Raise "
+            "trainer.max_epochs, or shorten the warmup (warmup.total_iters; warmup=null: none).",
+            relation,
+            steps,
+            examples,
+            batch_size,
+            trainer.get("max_epochs"),
+            trainer.get("max_steps"),
+            100 * reached,
+        )
+
+
+def planned_steps(examples: int, batch_size: int, trainer: dict) -> int | None:
+    """The most optimizer steps a run over ``examples`` training examples can take under the
+    ``trainer`` settings (early stopping may end it sooner); None where nothing bounds it."""
+    batches = -(-examples // batch_size)
+    per_epoch = -(-batches // (trainer.get("accumulate_grad_batches") or 1))
+    epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps") or -1
+    steps = None if epochs is None or epochs < 0 else epochs * per_epoch
+    if max_steps > 0:
+        steps = max_steps if steps is None else min(steps, max_steps)
+    return steps
 
 
 def run_relation(cfg: DictConfig, backbone: Backbone, method: PromptMethod) -> dict:
@@ -182,6 +226,7 @@ def _count(n: float | None) -> int | None:
 def training_record(outcome: Outcome) -> dict:
     return {
         "epochs": outcome.epochs,
+        "steps": outcome.steps,
         "train_loss": outcome.loss_curve,
         "train_seconds": outcome.train_seconds,
     }
@@ -234,6 +279,7 @@ def run_in_one_pass(
         if outcome.trained:
             stopped = module.stopped_epoch[r]
             result["epochs"] = outcome.epochs if stopped is None else stopped + 1
+            result["steps"] = module.relation_steps[r]
             result["train_loss"] = module.loss_curve[r]
             path = Path(cfg.paths.output_dir) / relation / "prompt.pt"
             exported = export(trainer, module, path, part.template_source, relation, index=r)

@@ -61,6 +61,7 @@ class Outcome:
     test: dict[str, float]
     trained: bool
     epochs: int | None = None  # the trainer's epochs (None: nothing trained)
+    steps: int | None = None  # the trainer's optimizer steps
     loss_curve: list = field(default_factory=list)  # per epoch, as the module recorded it
     train_seconds: float | None = None
     eval_seconds: float = 0.0
@@ -82,7 +83,7 @@ def fit_select_test(
     outcome = Outcome({}, {}, trained=module.trains)
     if module.trains:
         trainer.fit(module, data, ckpt_path=resume_from)
-        outcome.epochs = trainer.current_epoch
+        outcome.epochs, outcome.steps = trainer.current_epoch, trainer.global_step
         outcome.loss_curve = list(module.loss_curve)  # before a "best" checkpoint reloads it
         outcome.train_seconds = time.perf_counter() - started
         started = time.perf_counter()

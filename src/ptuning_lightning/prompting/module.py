@@ -115,3 +115,18 @@ class PromptedModule(LightningModule):
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if k in learned
         }
+
+
+def advanced_warmup(
+    warmup: Callable, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """``warmup`` on a stand-in optimizer (learning rate 1) after ``steps`` optimizer steps:
+    the stand-in's learning rate is then the factor that the next step's rate gets. Serves the
+    one pass (a warmup per relation, and a resume) and the check that a run outlives its
+    warmup (``lama.run.check_warmup``)."""
+    stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = warmup(stand_in)
+    for _ in range(steps):
+        stand_in.step()
+        schedule.step()
+    return stand_in, schedule
