@@ -338,6 +338,32 @@ def test_rows_are_settings_and_only_seeds_are_averaged(tmp_path):
     assert "setting" in header
 
 
+@pytest.mark.parametrize("shorter", [False, True])
+def test_a_node_turned_off_in_some_runs_is_one_setting(tmp_path, shorter):
+    """``warmup=null`` against the default warmup labels its rows ``warmup=null`` and
+    ``warmup=LinearLR``, not every key of the node against "—"; with a third run whose warmup
+    is shorter, the runs that set it are told apart by the key in which they differ."""
+    linear = {"_target_": "torch.optim.lr_scheduler.LinearLR", "start_factor": 0.01}
+    configs = {"on": linear | {"total_iters": 60}, "off": None}
+    if shorter:
+        configs["short"] = linear | {"total_iters": 30}
+    for name, warmup in configs.items():
+        for seed in (1, 2):
+            run = result("ptuning", "lstm", seed, {"P19": 0.5})
+            run["config"]["warmup"] = warmup
+            write_job(tmp_path / f"{name}{seed}", [f"{name}{seed}"], run)
+    t = report.tables(reporting.load_runs([tmp_path])[0])
+    rows = {row.key.label(): len(row.runs) for row in t.rows}
+    if shorter:
+        assert rows == {
+            "ptuning (warmup=null)": 2,
+            "ptuning (warmup.total_iters=30)": 2,
+            "ptuning (warmup.total_iters=60)": 2,
+        }
+    else:
+        assert rows == {"ptuning (warmup=null)": 2, "ptuning (warmup=LinearLR)": 2}
+
+
 def test_bootstrap_intervals_and_paired_differences(tmp_path):
     """One seed each on one relation of 100 facts: A hits 50, B hits none, C hits exactly
     A's facts, D hits all. A's 95% interval is near the normal one, 50 ± 1.96 * 5 points;

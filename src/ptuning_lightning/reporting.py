@@ -131,11 +131,39 @@ def settings(
     out = {}
     for group in groups.values():
         flats = {run["path"]: flat_config(run, trains(run)) for run in group}
-        keys = sorted({k for flat in flats.values() for k in flat})
-        differing = [k for k in keys if len({flat.get(k) for flat in flats.values()}) > 1]
-        for path, flat in flats.items():
-            out[path] = tuple((k, flat.get(k, "—")) for k in differing)
+        out |= {path: setting(flat, list(flats.values())) for path, flat in flats.items()}
     return out
+
+
+def setting(flat: dict[str, str], group: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
+    """One run's values of the keys in which its ``group`` differs. A node that is null in
+    some runs (``warmup=null``) and set in others is one key: ``warmup=null`` there, and where
+    it is set, its own keys that differ among the runs that set it, or else its ``_target_``
+    class (``warmup=LinearLR``); not every key of the node against "—"."""
+    keys = sorted({k for run in group for k in run})
+    differing = [k for k in keys if len({run.get(k) for run in group}) > 1]
+    nodes = [k for k in differing if any(d.startswith(f"{k}.") for d in differing)]
+    values = []
+    for key in differing:
+        if any(key.startswith(f"{node}.") for node in nodes):
+            continue  # told under its node
+        if key not in nodes or not sets(flat, key):
+            values.append((key, flat.get(key, "—")))
+            continue
+        setters = [run for run in group if sets(run, key)]
+        inner = [
+            k
+            for k in differing
+            if k.startswith(f"{key}.") and len({run.get(k) for run in setters}) > 1
+        ]
+        target = flat.get(f"{key}._target_", "set").rsplit(".", 1)[-1]
+        values += [(k, flat.get(k, "—")) for k in inner] or [(key, target)]
+    return tuple(values)
+
+
+def sets(flat: dict[str, str], node: str) -> bool:
+    """Whether the flat config has keys under ``node`` (it is a node there, not a leaf)."""
+    return any(k.startswith(f"{node}.") for k in flat)
 
 
 def load_runs(dirs: list[str | Path]) -> tuple[list[dict], list[Problem]]:
