@@ -429,15 +429,16 @@ def test_jobs_of_one_relation_each_merge_by_seed(tmp_path):
 
 
 def test_collapse_rates_and_the_prior_floor(tmp_path):
-    """Hand-made prior, manual and P-Tuning (2 seeds) runs on P19 (40 facts, prior 50%) and
-    P37 (20 facts, prior 95%). P-Tuning seed 1 gives "A" to 95% of P19: collapsed. Its 100%
-    "English" on P37 is not, since the prior's share there is above 0.9. P-Tuning is below the
-    prior on both relations: P19 by 50 points (beyond noise), P37 by one fact (within noise).
-    Manual results predate collapse rates: no rates, but the floor still counts."""
+    """Hand-made prior, manual and P-Tuning (2 seeds) runs on P19 (40 facts, prior 50%,
+    "Paris") and P37 (20 facts, prior 95%, "English"). P-Tuning seed 1 gives "A" to 95% of
+    P19, seed 2 "Paris" to 92%: both collapsed, one on the prior's word. Its 100% "English" on
+    P37 is not, since the prior's share there is above 0.9. P-Tuning is below the prior on
+    both relations: P19 by 50 points (beyond noise), P37 by one fact (within noise). Manual
+    results predate collapse rates: no rates, but the floor still counts."""
     prior = {"P19": "1" * 20 + "0" * 20, "P37": "1" * 19 + "0"}
     answers = {  # seed -> relation -> (hits, collapse rate, most predicted word)
         1: {"P19": ("0" * 40, 0.95, "A"), "P37": ("1" * 18 + "00", 1.0, "English")},
-        2: {"P19": ("0" * 40, 0.5, "Paris"), "P37": ("1" * 18 + "00", 1.0, "English")},
+        2: {"P19": ("0" * 40, 0.92, "Paris"), "P37": ("1" * 18 + "00", 1.0, "English")},
     }
     for seed, relations in answers.items():
         hits = {relation: h for relation, (h, _, _) in relations.items()}
@@ -448,6 +449,11 @@ def test_collapse_rates_and_the_prior_floor(tmp_path):
             run["relations"][relation] |= {"collapse_rate": rate, "most_predicted": word}
         path.write_text(json.dumps(run))
     job_with(tmp_path, "prior", "prior", 1, prior)
+    path = tmp_path / "prior" / "results.json"
+    run = json.loads(path.read_text())
+    for relation, word in (("P19", "Paris"), ("P37", "English")):
+        run["relations"][relation] |= {"collapse_rate": 1.0, "most_predicted": word}
+    path.write_text(json.dumps(run))
     job_with(tmp_path, "manual", "manual", 1, {"P19": "1" * 40, "P37": "1" * 20})
     t = report.tables(reporting.load_runs([tmp_path])[0])
     boot = report.Bootstrap()
@@ -457,15 +463,19 @@ def test_collapse_rates_and_the_prior_floor(tmp_path):
     assert report.below_prior(t, row["prior"], boot) is None
     assert [(c.relation, c.seed, c.collapsed) for c in report.collapses(t)] == [
         ("P19", 1, True),
-        ("P19", 2, False),
+        ("P19", 2, True),
         ("P37", 1, False),
         ("P37", 2, False),
     ]
     text = report.markdown_collapse(t, boot)
     assert "| tiny-gpt2 | manual | n/a | 0 (0) of 2 | n/a |" in text
-    assert '| tiny-gpt2 | ptuning | 1 of 4 | 2 (1) of 2 | 1.00 (P37, seed 1, "English") |' in text
+    assert (
+        "| tiny-gpt2 | ptuning | 2 of 4 (1 on the prior's word) | 2 (1) of 2 | "
+        '1.00 (P37, seed 1, "English") |' in text
+    )
     assert '- tiny-gpt2 / ptuning, P19, seed 1: 0.95, "A"; 0.0 / 50.0' in text
-    assert "Paris" not in text.split("Collapsed runs")[1]
+    assert '- tiny-gpt2 / ptuning, P19, seed 2: 0.92, "Paris" (the prior\'s word); 0.0' in text
+    assert "English" not in text.split("Collapsed runs")[1]
     out = tmp_path / "report"
     report.write_report(t, [], out)
     csv_rows = read_csv(out / report.COLLAPSE_CSV)
@@ -478,6 +488,7 @@ def test_collapse_rates_and_the_prior_floor(tmp_path):
         "most_predicted": "A",
         "test_p1": "0.00",
         "prior_p1": "50.00",
+        "prior_word": "Paris",
         "collapsed": "True",
     }
     assert len(csv_rows) == 4

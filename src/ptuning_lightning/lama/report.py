@@ -389,12 +389,19 @@ class Collapse:
     word: str
     test_p1: float
     prior_p1: float | None  # None: the table has no prior row for this relation
+    prior_word: str | None = None  # the prior's answer there (None: unknown)
 
     @property
     def collapsed(self) -> bool:
         """One word for nearly every subject (``COLLAPSED``) where the data do not call for it
         (the prior's share is below that, or unknown)."""
         return self.rate >= COLLAPSED and (self.prior_p1 is None or self.prior_p1 < COLLAPSED)
+
+    @property
+    def on_prior_word(self) -> bool:
+        """Whether the word is the prior's: a prompt that learned the training prior, not one
+        stuck on a word the data never call for."""
+        return self.prior_word is not None and self.word == self.prior_word
 
 
 def prior_row(t: Tables, row: Row) -> Row | None:
@@ -413,13 +420,22 @@ def collapses(t: Tables) -> list[Collapse]:
             continue
         for relation in t.relations:
             prior_p1 = prior.relation_mean(relation) if prior is not None else None
+            floor = (prior_p1, prior_word(prior, relation))
             for seed, results in row.seeds.items():
                 found = results.get(relation, {})
                 if "collapse_rate" in found:
                     rate, word = float(found["collapse_rate"]), found["most_predicted"]
                     p1 = float(found["test_p1"])
-                    out.append(Collapse(row, relation, seed, rate, word, p1, prior_p1))
+                    out.append(Collapse(row, relation, seed, rate, word, p1, *floor))
     return out
+
+
+def prior_word(prior: Row | None, relation: str) -> str | None:
+    """The prior row's answer on ``relation`` (the word it gives every fact); None where
+    there is no prior row, or its runs there carry no word."""
+    seeds = prior.seeds.values() if prior is not None else []
+    words = {results[relation].get("most_predicted") for results in seeds if relation in results}
+    return words.pop() if len(words) == 1 else None
 
 
 def collapse_table(t: Tables) -> tuple[list[str], list[list]]:
@@ -427,10 +443,10 @@ def collapse_table(t: Tables) -> tuple[list[str], list[list]]:
     a percentage), the most predicted word, test P@1 and the prior's (percent), and whether
     the run collapsed."""
     header = [*key_columns(t), "relation", "seed", "collapse_rate", "most_predicted"]
-    header += ["test_p1", "prior_p1", "collapsed"]
+    header += ["test_p1", "prior_p1", "prior_word", "collapsed"]
     rows = [
         [*key_cells(t, c.row.key), c.relation, c.seed, f"{c.rate:.3f}", c.word]
-        + [c.test_p1, c.prior_p1, c.collapsed]
+        + [c.test_p1, c.prior_p1, c.prior_word, c.collapsed]
         for c in collapses(t)
     ]
     return header, rows
@@ -472,6 +488,8 @@ def markdown_collapse(t: Tables, boot: Bootstrap) -> str:
             continue
         collapsed = [c for c in mine if c.collapsed]
         runs = f"{len(collapsed)} of {len(mine)}" if mine else "n/a"
+        if any(c.prior_word for c in collapsed):
+            runs += f" ({sum(c.on_prior_word for c in collapsed)} on the prior's word)"
         below = f"{floor[0]} ({floor[1]}) of {floor[2]}" if floor else "no prior row"
         worst = max(mine, key=lambda c: c.rate, default=None)
         highest = (
@@ -488,13 +506,18 @@ def markdown_collapse(t: Tables, boot: Bootstrap) -> str:
     if listed:
         what = "row, relation, seed: rate, word; test P@1 / prior's, %"
         lines += ["", f"Collapsed runs ({what}):", ""]
-        lines += [
-            f"- {c.row.key.backbone} / {c.row.key.label()}, {c.relation}, seed {c.seed}: "
-            f'{c.rate:.2f}, "{c.word}"; {percent(c.test_p1, 1)} / '
-            f"{percent(c.prior_p1, 1) or 'n/a'}"
-            for c in listed
-        ]
+        lines += [collapsed_line(c) for c in listed]
     return "\n".join(lines)
+
+
+def collapsed_line(c: Collapse) -> str:
+    """A collapsed run in the report's list: where, its rate and word (marked where the word
+    is the prior's), and its test P@1 against the prior's."""
+    word = f'"{c.word}"' + (" (the prior's word)" if c.on_prior_word else "")
+    return (
+        f"- {c.row.key.backbone} / {c.row.key.label()}, {c.relation}, seed {c.seed}: "
+        f"{c.rate:.2f}, {word}; {percent(c.test_p1, 1)} / {percent(c.prior_p1, 1) or 'n/a'}"
+    )
 
 
 def notes(t: Tables) -> list[str]:
