@@ -161,6 +161,9 @@ def test_a_run_that_ends_before_its_warmup_is_named(caplog):
     assert planned_steps(58, 8, {"max_epochs": 3, "max_steps": 10}) == 10
     assert planned_steps(58, 8, {"max_epochs": 3, "accumulate_grad_batches": 3}) == 9
     assert planned_steps(58, 8, {"max_epochs": None, "max_steps": -1}) is None
+    assert planned_steps(58, 8, {"max_epochs": 3, "limit_train_batches": 2}) == 6
+    assert planned_steps(58, 8, {"max_epochs": 3, "limit_train_batches": 0.5}) == 12
+    assert planned_steps(58, 8, {"max_epochs": 3, "limit_train_batches": 1.0}) == 24
     with caplog.at_level(logging.WARNING, logger="ptuning_lightning.lama.run"):
         check_warmup("P413", warmup, 58, 8, {"max_epochs": 3, "max_steps": -1})
         assert "P413: its run takes at most 24 optimizer steps" in caplog.text

@@ -183,6 +183,9 @@ def planned_steps(examples: int, batch_size: int, trainer: dict) -> int | None:
     """The most optimizer steps a run over ``examples`` training examples can take under the
     ``trainer`` settings (early stopping may end it sooner); None where nothing bounds it."""
     batches = -(-examples // batch_size)
+    limit = trainer.get("limit_train_batches")  # a share of the epoch (float) or a count
+    if limit is not None:
+        batches = int(batches * limit) if isinstance(limit, float) else min(batches, limit)
     per_epoch = -(-batches // (trainer.get("accumulate_grad_batches") or 1))
     epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps") or -1
     steps = None if epochs is None or epochs < 0 else epochs * per_epoch
