@@ -10,7 +10,7 @@ import gzip
 import io
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
@@ -131,17 +131,19 @@ def settings(
     out = {}
     for group in groups.values():
         flats = {run["path"]: flat_config(run, trains(run)) for run in group}
-        out |= {path: setting(flat, list(flats.values())) for path, flat in flats.items()}
+        keys = sorted({k for flat in flats.values() for k in flat})
+        differing = [k for k in keys if len({flat.get(k) for flat in flats.values()}) > 1]
+        out |= {path: setting(flat, differing, flats.values()) for path, flat in flats.items()}
     return out
 
 
-def setting(flat: dict[str, str], group: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
-    """One run's values of the keys in which its ``group`` differs. A node that is null in
-    some runs (``warmup=null``) and set in others is one key: ``warmup=null`` there, and where
-    it is set, its own keys that differ among the runs that set it, or else its ``_target_``
-    class (``warmup=LinearLR``); not every key of the node against "—"."""
-    keys = sorted({k for run in group for k in run})
-    differing = [k for k in keys if len({run.get(k) for run in group}) > 1]
+def setting(
+    flat: dict[str, str], differing: list[str], group: Iterable[dict[str, str]]
+) -> tuple[tuple[str, str], ...]:
+    """One run's values of the keys in which its ``group`` differs (``differing``). A node
+    that is null in some runs (``warmup=null``) and set in others is one key: ``warmup=null``
+    there, and where it is set, its own keys that differ among the runs that set it, or else
+    its ``_target_`` class (``warmup=LinearLR``); not every key of the node against "—"."""
     nodes = [k for k in differing if any(d.startswith(f"{k}.") for d in differing)]
     values = []
     for key in differing:

@@ -158,8 +158,8 @@ def check_warmup(
     """Warn where the relation's run ends before its warmup does: its learning rate would
     never reach ``optimizer.lr`` (the demo's 3 epochs give P413's 58 training facts 24 steps,
     against a 60-step warmup), and a run that barely moves would read as a method's failure."""
-    steps = planned_steps(examples, batch_size, trainer)
-    if warmup is None or not steps:
+    steps = None if warmup is None else planned_steps(examples, batch_size, trainer)
+    if not steps:
         return
     stand_in, _ = advanced_warmup(warmup, steps - 1)  # the factor of the run's last step
     reached = stand_in.param_groups[0]["lr"]
