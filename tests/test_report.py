@@ -428,6 +428,16 @@ def test_jobs_of_one_relation_each_merge_by_seed(tmp_path):
     assert report.notes(t) == []
 
 
+def with_answers(job: Path, answers: dict[str, tuple[float, str]]) -> None:
+    """Give a job's relations a collapse rate and most predicted word: {relation: (rate,
+    word)}."""
+    path = job / "results.json"
+    run = json.loads(path.read_text())
+    for relation, (rate, word) in answers.items():
+        run["relations"][relation] |= {"collapse_rate": rate, "most_predicted": word}
+    path.write_text(json.dumps(run))
+
+
 def test_collapse_rates_and_the_prior_floor(tmp_path):
     """Hand-made prior, manual and P-Tuning (2 seeds) runs on P19 (40 facts, prior 50%,
     "Paris") and P37 (20 facts, prior 95%, "English"). P-Tuning seed 1 gives "A" to 95% of
@@ -443,17 +453,9 @@ def test_collapse_rates_and_the_prior_floor(tmp_path):
     for seed, relations in answers.items():
         hits = {relation: h for relation, (h, _, _) in relations.items()}
         job_with(tmp_path, f"p{seed}", "ptuning", seed, hits)
-        path = tmp_path / f"p{seed}" / "results.json"
-        run = json.loads(path.read_text())
-        for relation, (_, rate, word) in relations.items():
-            run["relations"][relation] |= {"collapse_rate": rate, "most_predicted": word}
-        path.write_text(json.dumps(run))
+        with_answers(tmp_path / f"p{seed}", {r: (rate, w) for r, (_, rate, w) in relations.items()})
     job_with(tmp_path, "prior", "prior", 1, prior)
-    path = tmp_path / "prior" / "results.json"
-    run = json.loads(path.read_text())
-    for relation, word in (("P19", "Paris"), ("P37", "English")):
-        run["relations"][relation] |= {"collapse_rate": 1.0, "most_predicted": word}
-    path.write_text(json.dumps(run))
+    with_answers(tmp_path / "prior", {"P19": (1.0, "Paris"), "P37": (1.0, "English")})
     job_with(tmp_path, "manual", "manual", 1, {"P19": "1" * 40, "P37": "1" * 20})
     t = report.tables(reporting.load_runs([tmp_path])[0])
     boot = report.Bootstrap()
@@ -468,9 +470,9 @@ def test_collapse_rates_and_the_prior_floor(tmp_path):
         ("P37", 2, False),
     ]
     text = report.markdown_collapse(t, boot)
-    assert "| tiny-gpt2 | manual | n/a | 0 (0) of 2 | n/a |" in text
+    assert "| tiny-gpt2 | manual | n/a | n/a | 0 (0) of 2 | n/a |" in text
     assert (
-        "| tiny-gpt2 | ptuning | 2 of 4 (1 on the prior's word) | 2 (1) of 2 | "
+        "| tiny-gpt2 | ptuning | 2 of 4 (1 on the prior's word) | 2 of 4 | 2 (1) of 2 | "
         '1.00 (P37, seed 1, "English") |' in text
     )
     assert '- tiny-gpt2 / ptuning, P19, seed 1: 0.95, "A"; 0.0 / 50.0' in text
@@ -490,6 +492,37 @@ def test_collapse_rates_and_the_prior_floor(tmp_path):
         "prior_p1": "50.00",
         "prior_word": "Paris",
         "collapsed": "True",
+        "below_prior": "True",
     }
-    assert len(csv_rows) == 4
+    assert [row["below_prior"] for row in csv_rows] == ["True", "True", "False", "False"]
     assert "## Collapse and the prior floor" in (out / "report.md").read_text()
+
+
+def test_a_run_below_the_prior_is_named_collapsed_or_not(tmp_path):
+    """The prior answers 30 of P19's 40 facts (75%). P-Tuning seed 1 scatters its answers
+    (rate 0.4, not collapsed) and hits none: below the prior beyond noise, which the collapse
+    rate alone misses. Seed 2 misses one fact the prior hits: every resample of the facts
+    gives a difference between -x/40 and 0, so the interval's top is 0 and it is within
+    noise. Seed 3 hits one fact more than the prior: not below."""
+    job_with(tmp_path, "prior", "prior", 1, {"P19": "1" * 30 + "0" * 10})
+    with_answers(tmp_path / "prior", {"P19": (1.0, "Paris")})
+    runs = {1: ("0" * 40, 0.4), 2: ("0" + "1" * 29 + "0" * 10, 0.7), 3: ("1" * 31 + "0" * 9, 0.8)}
+    for seed, (hits, rate) in runs.items():
+        job_with(tmp_path, f"p{seed}", "ptuning", seed, {"P19": hits})
+        with_answers(tmp_path / f"p{seed}", {"P19": (rate, "Lyon")})
+    t = report.tables(reporting.load_runs([tmp_path])[0])
+    found = {c.seed: c for c in report.collapses(t)}
+    assert [(found[s].collapsed, found[s].below_prior) for s in runs] == [
+        (False, True),
+        (False, False),
+        (False, False),
+    ]
+    assert found[1].versus_prior[0] == pytest.approx(-0.75)
+    assert found[2].versus_prior[0] == pytest.approx(-1 / 40)
+    assert found[2].versus_prior[2] == 0.0
+    text = report.markdown_collapse(t, report.Bootstrap())
+    # The row's mean (50%) is below the prior, but a resample of the seeds can draw seed 3
+    # alone: within noise over seeds, while seed 1 alone failed.
+    assert "| tiny-gpt2 | ptuning | 0 of 3 | 1 of 3 | 1 (0) of 1 |" in text
+    assert "- tiny-gpt2 / ptuning: P19, seed 1: 0.0 / 75.0\n" in text + "\n"
+    assert "Collapsed runs" not in text

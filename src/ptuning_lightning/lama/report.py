@@ -10,7 +10,8 @@ row (``prompt=prior``) comes first, and a table without one says how to add it.
 Paired bootstrap (over facts and seeds) between every two rows of a backbone, per relation
 and macro; differences whose 95% interval holds 0 are marked as within noise. Collapse
 (Table 3): per run and relation, the share of test facts given one word, the runs that
-collapsed, and on how many relations each row stays below the prior. Missing and
+collapsed, the runs below the prior beyond noise (collapsed or not: scattered answers fail
+too), and on how many relations each row stays below the prior. Missing and
 failed jobs are listed, never averaged away, and rows that cover different relations are
 flagged. Plots: per relation, seen vs unseen, the encoder ablation. The same functions serve
 ``notebooks/analysis.ipynb``.
@@ -390,6 +391,9 @@ class Collapse:
     test_p1: float
     prior_p1: float | None  # None: the table has no prior row for this relation
     prior_word: str | None = None  # the prior's answer there (None: unknown)
+    # This run's test P@1 minus the prior's, paired over facts, with its 95% interval (None:
+    # no prior row, or either lacks per-fact hits): a failed run, collapsed or not.
+    versus_prior: tuple[float, float, float] | None = None
 
     @property
     def collapsed(self) -> bool:
@@ -402,6 +406,13 @@ class Collapse:
         """Whether the word is the prior's: a prompt that learned the training prior, not one
         stuck on a word the data never call for."""
         return self.prior_word is not None and self.word == self.prior_word
+
+    @property
+    def below_prior(self) -> bool:
+        """Below the prior beyond noise: the run's answers score lower than always answering
+        the most frequent training object, whatever the spread of its answers."""
+        diff = self.versus_prior
+        return diff is not None and diff[0] < 0 and not within_noise(diff)
 
 
 def prior_row(t: Tables, row: Row) -> Row | None:
@@ -421,13 +432,31 @@ def collapses(t: Tables) -> list[Collapse]:
         for relation in t.relations:
             prior_p1 = prior.relation_mean(relation) if prior is not None else None
             floor = (prior_p1, prior_word(prior, relation))
+            prior_hits = prior.hits(relation) if prior is not None else None
             for seed, results in row.seeds.items():
                 found = results.get(relation, {})
                 if "collapse_rate" in found:
                     rate, word = float(found["collapse_rate"]), found["most_predicted"]
                     p1 = float(found["test_p1"])
-                    out.append(Collapse(row, relation, seed, rate, word, p1, *floor))
+                    diff = fact_difference(relation, found.get("test_hits"), prior_hits)
+                    out.append(Collapse(row, relation, seed, rate, word, p1, *floor, diff))
     return out
+
+
+def fact_difference(
+    relation: str, hits: str | None, reference: np.ndarray | None
+) -> tuple[float, float, float] | None:
+    """One run's test P@1 minus a reference run's (the first of ``reference``'s (seeds,
+    facts) hits) on ``relation``, with its 95% bootstrap interval over facts (the facts drawn
+    as for every row: ``fact_draws``); None without per-fact hits on both or over different
+    facts."""
+    if hits is None or reference is None or len(hits) != reference.shape[1]:
+        return None
+    gap = np.array([c == "1" for c in hits], dtype=float) - reference[0]
+    if not gap.size:
+        return None
+    low, high = np.percentile(gap[fact_draws(relation, gap.size)].mean(-1), [2.5, 97.5])
+    return float(gap.mean()), float(low), float(high)
 
 
 def prior_word(prior: Row | None, relation: str) -> str | None:
@@ -440,13 +469,13 @@ def prior_word(prior: Row | None, relation: str) -> str | None:
 
 def collapse_table(t: Tables) -> tuple[list[str], list[list]]:
     """Table 3 as (header, rows): per row, relation and seed, the collapse rate (a share, not
-    a percentage), the most predicted word, test P@1 and the prior's (percent), and whether
-    the run collapsed."""
+    a percentage), the most predicted word, test P@1 and the prior's (percent), whether the
+    run collapsed, and whether it is below the prior beyond noise (``Collapse.below_prior``)."""
     header = [*key_columns(t), "relation", "seed", "collapse_rate", "most_predicted"]
-    header += ["test_p1", "prior_p1", "prior_word", "collapsed"]
+    header += ["test_p1", "prior_p1", "prior_word", "collapsed", "below_prior"]
     rows = [
         [*key_cells(t, c.row.key), c.relation, c.seed, f"{c.rate:.3f}", c.word]
-        + [c.test_p1, c.prior_p1, c.prior_word, c.collapsed]
+        + [c.test_p1, c.prior_p1, c.prior_word, c.collapsed, c.below_prior]
         for c in collapses(t)
     ]
     return header, rows
@@ -467,16 +496,18 @@ def below_prior(t: Tables, row: Row, boot: Bootstrap) -> tuple[int, int, int] | 
 
 def markdown_collapse(t: Tables, boot: Bootstrap) -> str:
     """Collapse and the prior floor per row: how many runs answered one word for nearly every
-    subject, on how many relations the row is below the training prior, and which runs
-    collapsed (every run's rate: ``table3_collapse.csv``)."""
+    subject, how many runs and on how many relations the row's mean are below the training
+    prior, and which runs collapsed or fell below it (every run: ``table3_collapse.csv``)."""
     lines = [
         "## Collapse and the prior floor",
         "",
         "Collapse rate: the share of a relation's test facts given the single most predicted "
         f"word. A run (one relation, one seed) is collapsed when its rate is at least "
         f"{COLLAPSED:.0%} while the prior's test P@1 on the relation is below {COLLAPSED:.0%} "
-        "(or unknown: no prior row). Below the prior: the row's mean over seeds is lower than "
-        "the prior's; beyond noise: the paired 95% interval of the difference excludes 0.",
+        "(or unknown: no prior row). Runs below the prior: a run's test P@1 is lower than the "
+        "prior's beyond noise (the paired 95% interval over facts excludes 0), collapsed or "
+        "not. Relations below the prior: the row's mean over seeds is lower than the prior's; "
+        "beyond noise: the paired 95% interval over facts and seeds excludes 0.",
         "",
     ]
     found = collapses(t)
@@ -490,6 +521,7 @@ def markdown_collapse(t: Tables, boot: Bootstrap) -> str:
         runs = f"{len(collapsed)} of {len(mine)}" if mine else "n/a"
         if any(c.prior_word for c in collapsed):
             runs += f" ({sum(c.on_prior_word for c in collapsed)} on the prior's word)"
+        failed = f"{sum(c.below_prior for c in mine)} of {len(mine)}" if mine else "n/a"
         below = f"{floor[0]} ({floor[1]}) of {floor[2]}" if floor else "no prior row"
         worst = max(mine, key=lambda c: c.rate, default=None)
         highest = (
@@ -497,17 +529,36 @@ def markdown_collapse(t: Tables, boot: Bootstrap) -> str:
             if worst
             else "n/a"
         )
-        rows.append([*key_cells(t, row.key), runs, below, highest])
+        rows.append([*key_cells(t, row.key), runs, failed, below, highest])
     if not rows:
         return "\n".join([*lines, "No results with collapse rates or a prior row."])
-    header = [*key_columns(t), "collapsed runs", "relations below the prior (beyond noise)"]
-    lines.append(markdown_table([*header, "highest collapse rate"], rows))
+    header = [*key_columns(t), "collapsed runs", "runs below the prior"]
+    header += ["relations below the prior (beyond noise)", "highest collapse rate"]
+    lines.append(markdown_table(header, rows))
     listed = [c for c in found if c.collapsed]
     if listed:
         what = "row, relation, seed: rate, word; test P@1 / prior's, %"
         lines += ["", f"Collapsed runs ({what}):", ""]
         lines += [collapsed_line(c) for c in listed]
+    failed_lines = [below_prior_line(row, [c for c in found if c.row is row]) for row in t.rows]
+    if any(failed_lines):
+        what = "row: relation, seed: test P@1 / prior's, %; * collapsed"
+        lines += ["", f"Runs below the prior ({what}):", ""]
+        lines += [line for line in failed_lines if line]
     return "\n".join(lines)
+
+
+def below_prior_line(row: Row, runs: list[Collapse]) -> str:
+    """A row's runs below the prior beyond noise, on one line ("" for none)."""
+    failed = [
+        f"{c.relation}, seed {c.seed}: {percent(c.test_p1, 1)} / {percent(c.prior_p1, 1)}"
+        + "*" * c.collapsed
+        for c in runs
+        if c.below_prior
+    ]
+    if not failed:
+        return ""
+    return f"- {row.key.backbone} / {row.key.label()}: " + "; ".join(failed)
 
 
 def collapsed_line(c: Collapse) -> str:
