@@ -27,7 +27,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench notebooks docs
-	$(VENV)/bin/ruff format --check src tests bench notebooks docs
+	$(VENV)/bin/ruff format --check src tests bench notebooks docs README.md  # and its code blocks
 	$(VENV)/bin/lint-imports  # the layering and no cycles (pyproject.toml: tool.importlinter)
 
 clean:
