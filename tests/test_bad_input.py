@@ -22,7 +22,7 @@ from ptuning_lightning.lama.run import build_relation
 from ptuning_lightning.launch.builders import build_encoder
 from ptuning_lightning.launch.config import CONFIG_DIR, ROOT
 from ptuning_lightning.prompting.encoders import LSTMPromptEncoder
-from ptuning_lightning.prompting.templates import TemplateError
+from ptuning_lightning.prompting.templates import Template, TemplateError
 from ptuning_lightning.superglue.run import build_task, protocol_config
 from ptuning_lightning.superglue.run import run_job as run_task
 from ptuning_lightning.superglue.tasks.cb import CBDataModule
@@ -205,7 +205,14 @@ def test_manual_init_without_relation_words(tmp_path, compose_cfg, gpt2):
     [X] and [Y]: the template is named."""
     cfg = compose_cfg("train", tmp_path, ["encoder.init_words=manual"])
     with pytest.raises(TemplateError, match=r"'\[X\] \[Y\] \.' has no words between"):
-        build_encoder(cfg.encoder, 3, gpt2, manual="[X] [Y] .")
+        build_encoder(cfg.encoder, Template.parse("[P*3] [X] [Y]"), gpt2, manual="[X] [Y] .")
+
+
+def test_unknown_start(tmp_path, compose_cfg, gpt2):
+    """A misspelt encoder.init_words would otherwise start the prompt at its letters."""
+    cfg = compose_cfg("train", tmp_path, ["encoder.init_words=manual_algined"])
+    with pytest.raises(ValueError, match="init_words=manual_algined: give one of manual, "):
+        build_encoder(cfg.encoder, Template.parse("[P*3] [X] [Y]"), gpt2, manual="[X] is [Y] .")
 
 
 @pytest.mark.parametrize("prompt", ["discrete", "lpaqa", "autoprompt_published", "exported"])

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from ptuning_lightning.lama.run import build_relation
-from ptuning_lightning.prompting.templates import TemplateError, fill_relation, relation_words
+from ptuning_lightning.prompting.templates import (
+    Template,
+    TemplateError,
+    fill_relation,
+    manual_start,
+    relation_words,
+)
 
 MIXED = ["backbone=tiny-gpt2", "prompt=mixed", "task.relation=P1376"]
 
@@ -18,6 +24,40 @@ def test_relation_words_sit_between_input_and_answer():
     assert relation_words("[Y] is the capital of [X] .") == "is the capital of"
     with pytest.raises(TemplateError, match="no words between"):
         relation_words("[X] [Y] .")
+
+
+def test_manual_start_puts_the_words_where_they_stand():
+    """Each block of pseudo tokens starts at the manual words in its place, the ones nearest
+    the next slot kept, cycled when too few; a place without words takes the relation words."""
+    shape = Template.parse("[P*3] [X] [P*3] [Y]")
+    assert manual_start(shape, "The capital of [X] is [Y] .") == [
+        *("The", "capital", "of"),
+        *("is", "is", "is"),
+    ]
+    assert manual_start(shape, "The official language of [X] is [Y] .") == [
+        *("official", "language", "of"),
+        *("is", "is", "is"),
+    ]
+    assert manual_start(shape, "[X] was born in [Y] .") == ["was", "born", "in"] * 2
+    assert manual_start(shape, "[X] has the position of [Y] .") == ["the", "position", "of"] * 2
+    # the words between the two slots, whichever comes first
+    assert manual_start(shape, "[Y] is the capital of [X] .") == ["the", "capital", "of"] * 2
+    short = Template.parse("[P*2] [X] [P] [Y]")
+    assert manual_start(short, "The capital of [X] is [Y] .") == ["capital", "of", "is"]
+    assert manual_start(short, "[X] was born in [Y] .") == ["born", "in", "in"]
+    with pytest.raises(TemplateError, match="no words between"):
+        manual_start(shape, "[X] [Y] .")
+
+
+def test_aligned_start_reaches_the_prompt(tmp_path, compose_cfg, gpt2):
+    """encoder.init_words=manual_aligned on P1376 ("[X] is the capital of [Y] ."): nothing
+    stands before [X], so both blocks start at the last three relation words."""
+    overrides = ["backbone=tiny-gpt2", "prompt=ptuning", "task.relation=P1376", "encoder=none"]
+    cfg = compose_cfg("train", tmp_path, [*overrides, "encoder.init_words=manual_aligned"])
+    module, data = build_relation(cfg, gpt2)
+    assert data.template_source == "[P*3] [X] [P*3] [Y] [P*3]"  # a causal LM drops the last
+    expected = gpt2.word_vectors(["the", "capital", "of"] * 2)
+    torch.testing.assert_close(module.prompt().detach(), expected)
 
 
 def test_fill_relation_places_the_manual_words():

@@ -28,6 +28,7 @@ from ptuning_lightning.lama.module import PromptModule
 from ptuning_lightning.lama.one_pass import OnePassData, OnePassModule, per_relation_best
 from ptuning_lightning.lama.uhn import NameProbe
 from ptuning_lightning.launch.builders import (
+    MANUAL_STARTS,
     build_encoder,
     build_method,
     build_trainer,
@@ -132,8 +133,8 @@ def build_relation(
         return own, data
     encoder = prompt.encoder
     if encoder is None and data.template.n_prompt:
-        manual = target.manual() if cfg.encoder.init_words == "manual" else None
-        encoder = build_encoder(cfg.encoder, data.template.n_prompt, backbone, manual)
+        manual = target.manual() if cfg.encoder.init_words in MANUAL_STARTS else None
+        encoder = build_encoder(cfg.encoder, data.template, backbone, manual)
     steps = optimization(cfg)
     module = PromptModule(
         backbone,

@@ -16,7 +16,7 @@ from ptuning_lightning.launch.distributed import end_finished_job
 from ptuning_lightning.prompting.backbones import Backbone, apply_control, check_control
 from ptuning_lightning.prompting.execution import configure_execution
 from ptuning_lightning.prompting.methods import PromptMethod
-from ptuning_lightning.prompting.templates import relation_words
+from ptuning_lightning.prompting.templates import Template, manual_start, relation_words
 
 
 def load_backbone(cfg: DictConfig) -> Backbone:
@@ -35,17 +35,32 @@ def build_method(cfg: DictConfig) -> PromptMethod:
     return instantiate(cfg.prompt)
 
 
+# encoder.init_words values that start from the relation's manual template: its relation
+# words cycled over the pseudo tokens, or its words where they stand (``manual_start``)
+MANUAL_STARTS = ("manual", "manual_aligned")
+
+
 def build_encoder(
-    cfg: DictConfig, n_tokens: int, backbone: Backbone, manual: str | None = None
+    cfg: DictConfig, template: Template, backbone: Backbone, manual: str | None = None
 ) -> torch.nn.Module:
-    """Instantiate ``encoder/*`` for ``n_tokens`` pseudo tokens of this backbone.
-    ``init_words: manual`` starts them from the relation words of ``manual``."""
+    """Instantiate ``encoder/*`` for the pseudo tokens of ``template`` on this backbone.
+    ``init_words: manual`` starts them from the relation words of ``manual``, cycled;
+    ``manual_aligned`` from its words where they stand around [X] and [Y]."""
     options = OmegaConf.to_container(cfg, resolve=True)
     words = options.pop("init_words")
-    if words == "manual":
+    if isinstance(words, str) and words not in MANUAL_STARTS:
+        raise ValueError(
+            f"encoder.init_words={words}: give one of {', '.join(MANUAL_STARTS)}, a list of "
+            "words (e.g. [capital,of]), or null for a random start"
+        )
+    if words in MANUAL_STARTS:
         if manual is None:
-            raise ValueError("encoder.init_words=manual needs the relation's manual template")
-        words = relation_words(manual).split()
+            raise ValueError(f"encoder.init_words={words} needs the relation's manual template")
+        if words == "manual":
+            words = relation_words(manual).split()
+        else:
+            words = manual_start(template, manual)
+    n_tokens = template.n_prompt
     vectors = None
     if words:
         vectors = backbone.word_vectors([words[i % len(words)] for i in range(n_tokens)])

@@ -148,6 +148,37 @@ def relation_words(source: str) -> str:
     return words
 
 
+def manual_start(template: Template, manual: str) -> list[str]:
+    """A word for each of ``template``'s pseudo tokens, from the manual template ``manual``
+    where its words stand: a block of pseudo tokens before the input slot starts at the
+    manual words before it ("The capital of" for "The capital of [X] is [Y] ."), a block
+    between the slot and [Y] at the words between them ("is"), and so on. The words nearest
+    the next slot are kept when the block is shorter, and cycled when it is longer ("is is
+    is"); a block whose place holds no manual words starts at the relation words
+    (``relation_words``), cycled the same way."""
+    by_place: dict[int, list[str]] = {}
+    for place, part in _places(Template.parse(manual).parts):
+        if part.kind == "text":
+            by_place.setdefault(place, []).extend(part.value.split())
+    fallback = relation_words(manual).split()
+    words = []
+    for place, part in _places(template.parts):
+        if part.kind == "prompt":
+            found = by_place.get(place) or fallback
+            words += [found[(i - part.count) % len(found)] for i in range(part.count)]
+    return words
+
+
+def _places(parts: tuple[Part, ...]) -> list[tuple[int, Part]]:
+    """Each part with its place: how many input slots and answers precede it (0: before the
+    first, 1: between the two, 2: after both)."""
+    out, place = [], 0
+    for part in parts:
+        out.append((place, part))
+        place += part.kind in ("slot", "answer")
+    return out
+
+
 def fill_relation(template: str, manual: str) -> str:
     """A mixed template for one relation: ``{manual}`` becomes the relation's manual template,
     ``{relation}`` its relation words (``relation_words``); other templates stay as they are."""

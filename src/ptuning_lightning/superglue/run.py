@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ptuning_lightning.launch.builders import (
+    MANUAL_STARTS,
     build_encoder,
     build_method,
     build_trainer,
@@ -119,9 +120,7 @@ def build_task(
     )
     data.setup()
     encoder = (
-        build_encoder(cfg.encoder, data.template.n_prompt, backbone)
-        if data.template.n_prompt
-        else None
+        build_encoder(cfg.encoder, data.template, backbone) if data.template.n_prompt else None
     )
     module = method.module(backbone, data, cfg.seed) or CandidateModule(
         backbone,
@@ -154,9 +153,9 @@ def refuse_replaced(cfg: DictConfig, overrides: list[str]) -> None:
         if override.startswith("~"):
             continue
         key, _, value = override.lstrip("+").partition("=")
-        if key == "encoder.init_words" and value == "manual":
+        if key == "encoder.init_words" and value in MANUAL_STARTS:
             raise ValueError(
-                "encoder.init_words=manual starts from a LAMA relation's words, and SuperGLUE "
+                f"encoder.init_words={value} starts from a LAMA relation's words, and SuperGLUE "
                 f"templates (task={cfg.task.name}) have none: give the words, e.g. "
                 "encoder.init_words=[yes,no], or null for a random start"
             )
@@ -189,7 +188,7 @@ def protocol_config(cfg: DictConfig, out: Path) -> DictConfig:
     train = cfg.task.train
     with open_dict(cfg):
         cfg.run_name, cfg.run_dir = cfg.task.name, str(out)
-        if cfg.encoder.init_words == "manual":  # the LAMA default: no such words here
+        if cfg.encoder.init_words in MANUAL_STARTS:  # the LAMA default: no such words here
             cfg.encoder.init_words = None
         cfg.trainer.max_steps, cfg.trainer.max_epochs, cfg.trainer.min_epochs = (
             train.max_steps,
