@@ -225,11 +225,13 @@ class Bootstrap:
     """Bootstrap samples of a row's P@1 (one relation, or the macro over several): each sample
     resamples the facts (shared by all rows, so differences are paired) and the row's seeds
     (so that seed-to-seed spread counts too). Cached per row and relation set, and each
-    row's per-fact hits per relation."""
+    row's per-fact hits per relation, and a table's runs against the prior (``collapses``,
+    which the report's Markdown and its CSV both read)."""
 
     def __init__(self) -> None:
         self.cache: dict[tuple, np.ndarray | None] = {}
         self.hit_cache: dict[tuple, np.ndarray | None] = {}
+        self.runs: tuple[Tables, list[Collapse]] | None = None
 
     def hits(self, row: Row, relation: str, part: str | None = None) -> np.ndarray | None:
         """``row.hits(relation, part)``, parsed once."""
@@ -421,9 +423,14 @@ def prior_row(t: Tables, row: Row) -> Row | None:
     return max(priors, key=lambda r: len(r.relations), default=None)
 
 
-def collapses(t: Tables) -> list[Collapse]:
+def collapses(t: Tables, boot: Bootstrap | None = None) -> list[Collapse]:
     """Every (row, relation, seed) whose results carry a collapse rate, the prior row's own
-    excepted, in table order."""
+    excepted, in table order; with ``boot``, computed once per table (each run's paired
+    bootstrap against the prior is the costly part)."""
+    if boot is not None:
+        if boot.runs is None or boot.runs[0] is not t:
+            boot.runs = (t, collapses(t))
+        return boot.runs[1]
     out = []
     for row in t.rows:
         prior = prior_row(t, row)
@@ -467,7 +474,7 @@ def prior_word(prior: Row | None, relation: str) -> str | None:
     return words.pop() if len(words) == 1 else None
 
 
-def collapse_table(t: Tables) -> tuple[list[str], list[list]]:
+def collapse_table(t: Tables, boot: Bootstrap | None = None) -> tuple[list[str], list[list]]:
     """Table 3 as (header, rows): per row, relation and seed, the collapse rate (a share, not
     a percentage), the most predicted word, test P@1 and the prior's (percent), whether the
     run collapsed, and whether it is below the prior beyond noise (``Collapse.below_prior``)."""
@@ -476,7 +483,7 @@ def collapse_table(t: Tables) -> tuple[list[str], list[list]]:
     rows = [
         [*key_cells(t, c.row.key), c.relation, c.seed, f"{c.rate:.3f}", c.word]
         + [c.test_p1, c.prior_p1, c.prior_word, c.collapsed, c.below_prior]
-        for c in collapses(t)
+        for c in collapses(t, boot)
     ]
     return header, rows
 
@@ -510,7 +517,7 @@ def markdown_collapse(t: Tables, boot: Bootstrap) -> str:
         "beyond noise: the paired 95% interval over facts and seeds excludes 0.",
         "",
     ]
-    found = collapses(t)
+    found = collapses(t, boot)
     rows = []
     for row in t.rows:
         mine = [c for c in found if c.row is row]
@@ -890,5 +897,5 @@ def write_report(t: Tables, problems: list[Problem], out: Path) -> str:
     (out / MACRO_CSV).write_text(to_csv(*macro_table(t, boot)))
     (out / RELATIONS_CSV).write_text(to_csv(*relation_table(t)))
     (out / PAIRED_CSV).write_text(to_csv(*paired_table(t, boot)))
-    (out / COLLAPSE_CSV).write_text(to_csv(*collapse_table(t)))
+    (out / COLLAPSE_CSV).write_text(to_csv(*collapse_table(t, boot)))
     return text
