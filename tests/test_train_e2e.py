@@ -4,6 +4,8 @@ prompt, and resuming an interrupted run."""
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -238,6 +240,28 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, compose_cfg, gpt2):
         assert torch.allclose(resumed[key], value, rtol=1e-6, atol=1e-7), key
     # the second epoch moved the weights, so the comparison above is not vacuous
     assert not torch.allclose(first["embedding.weight"], straight["embedding.weight"], atol=1e-4)
+
+
+def eval_mode_warnings(call: Callable[[], object]) -> list[str]:
+    """The warnings about modules in eval mode that ``call`` raises."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    return [str(w.message) for w in caught if "in eval mode" in str(w.message)]
+
+
+def test_only_the_frozen_backbones_eval_mode_warning_is_silenced(tmp_path, compose_cfg, gpt2):
+    """The frozen backbone stays in eval mode on purpose, which Lightning flags at every fit as
+    possibly unintended. A bare ``Trainer.fit`` still shows that warning; ptl-train does not."""
+    bare = eval_mode_warnings(lambda: fit(compose_cfg, tmp_path / "bare", 1, gpt2))
+    assert len(bare) == 1 and bare[0].startswith("Found ")
+    overrides = ("trainer.max_steps=2",)
+    assert (
+        eval_mode_warnings(
+            lambda: train(compose_cfg, tmp_path / "run", "tiny-gpt2", "ptuning", *overrides)
+        )
+        == []
+    )
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,6 +27,8 @@ from ptuning_lightning.prompting.encoders import export_prompt
 from ptuning_lightning.prompting.module import PromptedModule
 
 log = logging.getLogger(__name__)
+
+EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 
 # After fit: (trainer, module, data) -> (the selected prompt's dev metrics, the checkpoint to
 # test: "best", or None for the module as it is).
@@ -82,7 +86,11 @@ def fit_select_test(
     started = time.perf_counter()
     outcome = Outcome({}, {}, trained=module.trains)
     if module.trains:
-        trainer.fit(module, data, ckpt_path=resume_from)
+        with warnings.catch_warnings():
+            # The frozen backbone stays in eval mode on purpose (dropout off; backbones.py),
+            # which Lightning would flag at every fit as possibly unintended.
+            warnings.filterwarnings("ignore", EVAL_MODE_WARNING, PossibleUserWarning)
+            trainer.fit(module, data, ckpt_path=resume_from)
         outcome.epochs, outcome.steps = trainer.current_epoch, trainer.global_step
         outcome.loss_curve = list(module.loss_curve)  # before a "best" checkpoint reloads it
         outcome.train_seconds = time.perf_counter() - started
