@@ -250,18 +250,17 @@ def eval_mode_warnings(call: Callable[[], object]) -> list[str]:
     return [str(w.message) for w in caught if "in eval mode" in str(w.message)]
 
 
-def test_only_the_frozen_backbones_eval_mode_warning_is_silenced(tmp_path, compose_cfg, gpt2):
+def test_ptl_train_silences_lightnings_eval_mode_warning(tmp_path, compose_cfg, gpt2):
     """The frozen backbone stays in eval mode on purpose, which Lightning flags at every fit as
-    possibly unintended. A bare ``Trainer.fit`` still shows that warning; ptl-train does not."""
+    possibly unintended. A bare ``Trainer.fit`` still shows that warning (so the filter's
+    pattern still matches Lightning's words); ptl-train does not."""
     bare = eval_mode_warnings(lambda: fit(compose_cfg, tmp_path / "bare", 1, gpt2))
     assert len(bare) == 1 and bare[0].startswith("Found ")
-    overrides = ("trainer.max_steps=2",)
-    assert (
-        eval_mode_warnings(
-            lambda: train(compose_cfg, tmp_path / "run", "tiny-gpt2", "ptuning", *overrides)
-        )
-        == []
+    run_dir, overrides = tmp_path / "run", ("trainer.max_steps=2",)
+    ours = eval_mode_warnings(
+        lambda: train(compose_cfg, run_dir, "tiny-gpt2", "ptuning", *overrides)
     )
+    assert ours == []
 
 
 @pytest.mark.parametrize(
